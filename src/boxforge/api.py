@@ -1,0 +1,48 @@
+"""The Python API: one function per CLI subcommand, each a short composition of the data layer."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from boxforge.data.check import CheckReport, check_dataset
+from boxforge.data.convert import ConvertReport, convert as _convert
+from boxforge.data.formats.detect import load_dataset
+from boxforge.data.index import DatasetIndex
+from boxforge.errors import BoxforgeError
+
+__all__ = ["check", "convert", "load_dataset", "synth"]
+
+
+def check(data: str | Path | list[str | Path] | DatasetIndex, *, split: str | None = None,
+          format: str | None = None, deep: bool = False) -> CheckReport:
+    """Find every problem in DATA that would crash or spoil training. See `CheckReport`."""
+    index = data if isinstance(data, DatasetIndex) else load_dataset(data, split=split, format=format)
+    return check_dataset(index, deep=deep)
+
+
+def convert(data: str | Path | list[str | Path] | DatasetIndex, out: str | Path, *, to: str,
+            split: str | None = None, format: str | None = None) -> ConvertReport:
+    """Write DATA to the new folder OUT as `to` (voc, coco, yolo, txt)."""
+    index = data if isinstance(data, DatasetIndex) else load_dataset(data, split=split, format=format)
+    return _convert(index, Path(out), to)
+
+
+def synth(out: str | Path, *, images: int = 200, classes: int = 3, seed: int = 0, format: str = "voc",
+          task: str = "detect") -> DatasetIndex:
+    """Write the deterministic synthetic dataset (VOC root, or ImageFolder for `task="classify"`)."""
+    from boxforge.data import synth as synth_mod
+
+    out = Path(out)
+    if task == "classify":
+        return synth_mod.synthesize_classification(out, images=images, classes=classes, seed=seed)
+    if task != "detect":
+        raise BoxforgeError(f"unknown task {task!r}; choose detect or classify")
+    if format == "voc":
+        return synth_mod.synthesize_detection(out, images=images, classes=classes, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        index = synth_mod.synthesize_detection(Path(tmp) / "voc", images=images, classes=classes, seed=seed)
+        _convert(index, out, format)
+    shutil.rmtree(Path(tmp), ignore_errors=True)
+    return load_dataset(out)

@@ -1,0 +1,110 @@
+"""The `boxforge` command: argument parsing only; each subcommand calls one public function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from boxforge import api
+from boxforge.data.convert import TARGETS
+from boxforge.data.formats.detect import FORMATS
+from boxforge.errors import BoxforgeError
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_FAILED = 0, 1, 2
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", help="split name (train, test, ...) or a txt file of image ids; default: all images")
+    p.add_argument("--format", choices=FORMATS, help="force the dataset format instead of detecting it")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="boxforge", description="Datasets in, detectors out. "
+                                     "Run `boxforge COMMAND --help` for each command.")
+    parser.add_argument("--version", action="version", version="boxforge 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="find every problem that would crash or spoil training",
+                       description="Check a dataset. Exit status: 0 no errors, 1 errors found, 2 could not run.")
+    p.add_argument("data", nargs="*", metavar="DATA", help="dataset folder or file (several VOC roots are merged)")
+    _data_args(p)
+    p.add_argument("--json", type=Path, metavar="REPORT", help="also write the report as JSON")
+    p.add_argument("--deep", action="store_true", help="decode every pixel (slower; finds truncated images)")
+    p.add_argument("--fix", action="store_true", help="move files with errors into --quarantine (never deletes)")
+    p.add_argument("--quarantine", type=Path, metavar="DIR", help="where --fix moves files; a manifest.json is written there")
+    p.add_argument("--undo", type=Path, metavar="MANIFEST", help="put back every file a --fix moved")
+
+    p = sub.add_parser("convert", help="write a dataset as voc, coco, yolo or txt",
+                       description="Convert DATA into the new folder OUT. Invalid boxes are reported and left out.")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("out", type=Path, metavar="OUT")
+    p.add_argument("--to", required=True, choices=TARGETS)
+    _data_args(p)
+
+    p = sub.add_parser("synth", help="write the deterministic synthetic dataset",
+                       description="Synthesize coloured shapes on textured backgrounds: a VOC root with "
+                                   "train/test splits (or an ImageFolder with --task classify).")
+    p.add_argument("out", type=Path, metavar="OUT")
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--classes", type=int, default=3, help="1 to 8 shape classes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=TARGETS, default="voc")
+    p.add_argument("--task", choices=("detect", "classify"), default="detect")
+    return parser
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from boxforge.data.quarantine import quarantine, undo
+    from boxforge.data.report import format_report
+
+    if args.undo:
+        result = undo(args.undo)
+        print(f"restored {result.restored} files ({result.already_in_place} were already in place)")
+        return EXIT_OK
+    if not args.data:
+        raise BoxforgeError("check needs DATA (or --undo MANIFEST)")
+    if args.fix and not args.quarantine:
+        raise BoxforgeError("--fix needs --quarantine DIR: files are moved there, never deleted")
+    data = args.data if len(args.data) > 1 else args.data[0]
+    index = api.load_dataset(data, split=args.split, format=args.format)
+    report = api.check(index, deep=args.deep)
+    print(format_report(report, " ".join(args.data)))
+    if args.json:
+        args.json.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+        print(f"report written to {args.json}")
+    if args.fix and report.errors:
+        manifest = quarantine(index, report.errors, args.quarantine)
+        moved = len(json.loads(manifest.read_text())["moves"])
+        print(f"moved {moved} files to {args.quarantine}; undo with: boxforge check --undo {manifest}")
+    return EXIT_PROBLEMS if report.errors else EXIT_OK
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    report = api.convert(args.data, args.out, to=args.to, split=args.split, format=args.format)
+    print(report.summary())
+    return EXIT_OK
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    index = api.synth(args.out, images=args.images, classes=args.classes, seed=args.seed, format=args.format,
+                      task=args.task)
+    what = f"{index.num_objects} objects" if index.task == "detect" else "class folders"
+    print(f"synthesized {len(index)} images, {what}, classes {', '.join(index.classes)} -> {args.out}")
+    return EXIT_OK
+
+
+COMMANDS = {"check": _run_check, "convert": _run_convert, "synth": _run_synth}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BoxforgeError as exc:
+        print(f"boxforge {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"boxforge {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""The dataset layer: every format is read into one `DatasetIndex`."""

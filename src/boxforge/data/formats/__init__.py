@@ -1,0 +1,1 @@
+"""Readers and writers, one module a format. `detect.load_dataset` is the front door."""

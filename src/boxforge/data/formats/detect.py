@@ -1,0 +1,190 @@
+"""Which layout is this? `load_dataset` turns whatever the user points at into one `DatasetIndex`.
+
+DATA may be a folder, a COCO JSON, a YOLO `data.yaml`, a darknet `obj.data`, a
+text list, or a boxforge dataset YAML (`format`, `root`, `train`, `val`,
+`classes`) for anything the guesser cannot tell.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from boxforge.data.formats import coco, common, imagefolder, txtlist, voc, yolo
+from boxforge.data.images import ImageReadError, read_header
+from boxforge.data.index import DatasetIndex, merge_indexes
+from boxforge.errors import DatasetError, UnsafeInputError
+
+FORMATS: tuple[str, ...] = ("voc", "coco", "yolo", "txt", "imagefolder", "imagenet_txt")
+SPEC_KEYS = {"format", "root", "train", "val", "test", "classes"}
+
+
+def load_dataset(data: str | Path | list[str | Path], *, split: str | None = None, format: str | None = None,
+                 classes: list[str] | None = None, fill_sizes: bool = True) -> DatasetIndex:
+    """Read DATA (auto-detected, or `format` forced) into an index.
+
+    split: a split name (`train`, `test`, ...) or a path to a txt file of ids; None
+        reads the whole dataset. Several DATA paths (VOC2007 + VOC2012) are merged.
+    fill_sizes: read image headers for samples whose annotation gave no size.
+    """
+    if isinstance(data, (list, tuple)):
+        paths = [Path(p) for p in data]
+        index = _load_many(paths, split, format, classes) if len(paths) > 1 else _load_one(paths[0], split, format, classes)
+    else:
+        index = _load_one(Path(data), split, format, classes)
+    if fill_sizes:
+        fill_missing_sizes(index)
+    return index
+
+
+def _load_many(paths: list[Path], split: str | None, fmt: str | None, classes: list[str] | None) -> DatasetIndex:
+    if all(voc.is_devkit_root(p) for p in paths) and fmt in (None, "voc"):
+        return voc.read_voc_roots(paths, split, classes)
+    parts = [_load_one(p, split, fmt, classes) for p in paths]
+    names = [p.name for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{i}_{n}" for i, n in enumerate(names)]
+    try:
+        return merge_indexes(parts, names, Path(paths[0]).parent, split)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from exc
+
+
+def _load_one(path: Path, split: str | None, fmt: str | None, classes: list[str] | None) -> DatasetIndex:
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or folder")
+    if fmt is not None and fmt not in FORMATS:
+        raise DatasetError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if path.is_file():
+        return _load_file(path, split, fmt, classes)
+    return _load_dir(path, split, fmt, classes)
+
+
+def _load_file(path: Path, split: str | None, fmt: str | None, classes: list[str] | None) -> DatasetIndex:
+    suffix = path.suffix.lower()
+    if suffix == ".json" or fmt == "coco":
+        return coco.read_coco(path, split=split)
+    if suffix in (".yaml", ".yml"):
+        doc = yolo.read_yaml(path)
+        if "format" in doc:
+            return load_spec(path, doc, split)
+        return yolo.read_data_yaml(path, split)
+    if suffix == ".data":
+        return yolo.read_darknet(path, split)
+    if suffix == ".txt":
+        if fmt == "txt" or (fmt is None and txtlist.looks_like_txtlist(path)):
+            return txtlist.read_txtlist(path, classes)
+        if fmt == "imagenet_txt" or (fmt is None and imagefolder.looks_like_imagenet_txt(path)):
+            return imagefolder.read_imagenet_txt(path, classes)
+    raise DatasetError(f"{path}: cannot tell the dataset format of this file; pass a folder, a COCO .json, "
+                       "a YOLO data.yaml, a darknet .data, a text list, or use --format")
+
+
+def _load_dir(path: Path, split: str | None, fmt: str | None, classes: list[str] | None) -> DatasetIndex:
+    guess = fmt or guess_format(path)
+    if guess == "voc":
+        children = voc.devkit_children(path)
+        if children and not voc.is_devkit_root(path):
+            return voc.read_voc_roots(children, split, classes)
+        return voc.read_voc(path, split, classes)
+    if guess == "coco":
+        return _load_coco_dir(path, split)
+    if guess == "yolo":
+        for name in ("data.yaml", "dataset.yaml"):
+            if (path / name).is_file():
+                return yolo.read_data_yaml(path / name, split)
+        if (path / "obj.data").is_file():
+            return yolo.read_darknet(path / "obj.data", split)
+        return yolo.read_yolo_folder(path, split, classes)
+    if guess == "imagenet_txt":
+        return imagefolder.read_imagenet_txt(path / f"{split or 'train'}.txt", classes)
+    if guess == "txt":
+        name = split or ("all" if (path / "all.txt").is_file() else "train")
+        return txtlist.read_txtlist(path / f"{name}.txt", classes, root=path)
+    return imagefolder.read_imagefolder(path, split)
+
+
+def guess_format(path: Path) -> str:
+    """The layout of a folder, from the files that only that layout has."""
+    if voc.devkit_children(path) or voc.is_devkit_root(path):
+        return "voc"
+    if (path / "data.yaml").is_file() or (path / "dataset.yaml").is_file() or (path / "obj.data").is_file():
+        return "yolo"
+    ann = path / "annotations"
+    if (ann.is_dir() and any(ann.glob("*.json"))) or (path / "_annotations.coco.json").is_file() or any(
+            path.glob("*/_annotations.coco.json")):
+        return "coco"
+    if any(path.glob("*.xml")) or any(path.glob("*/*.xml")):
+        return "voc"
+    for unsupported in ("_annotations.createml.json", "_classes.csv", "*.tfrecord"):
+        if any(path.glob(unsupported)) or any(path.glob(f"*/{unsupported}")):
+            raise DatasetError(f"{path}: {unsupported} layouts (CreateML, Roboflow multi-label CSV, TFRecord) are not "
+                               f"supported; export VOC, COCO or YOLO instead")
+    if (path / "labels").is_dir() or common.find_class_file(path) and (any(path.glob("*.txt")) or (path / "Annotations").is_dir()):
+        return "yolo"
+    for name in ("all.txt", "train.txt", "val.txt", "test.txt"):
+        if (path / name).is_file():
+            if imagefolder.looks_like_imagenet_txt(path / name):
+                return "imagenet_txt"
+            if txtlist.looks_like_txtlist(path / name):
+                return "txt"
+    if imagefolder.class_folders(path) or any(imagefolder.class_folders(d) for d in path.iterdir() if d.is_dir()):
+        return "imagefolder"
+    raise DatasetError(f"{path}: cannot tell the dataset layout (looked for VOC Annotations/, COCO annotations/*.json, "
+                       "YOLO data.yaml/obj.data/labels/, text lists, class folders); use --format or a dataset YAML")
+
+
+def _load_coco_dir(path: Path, split: str | None) -> DatasetIndex:
+    if split is not None or (path / "_annotations.coco.json").is_file():
+        return coco.read_coco(coco.find_coco_json(path, split), root=path, split=split)
+    ann = path / "annotations"
+    files = sorted(ann.glob("instances_*.json")) if ann.is_dir() else []
+    if not files and ann.is_dir():  # keypoints or stuff files also carry boxes; others fail with their reason
+        files = sorted(ann.glob("*.json"))
+    prefixes = [f.stem.rsplit("_", 1)[-1] for f in files]
+    if not files:
+        files = sorted(path.glob("*/_annotations.coco.json"))
+        prefixes = [f.parent.name for f in files]
+    if not files:
+        raise DatasetError(f"{path}: no COCO instances file (annotations/instances_*.json or */_annotations.coco.json)")
+    parts = [coco.read_coco(f, root=path, split=p) for f, p in zip(files, prefixes)]
+    if len(parts) == 1:
+        return parts[0]
+    try:
+        return merge_indexes(parts, prefixes, path)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from exc
+
+
+def load_spec(path: Path, doc: dict[str, Any], split: str | None) -> DatasetIndex:
+    """A boxforge dataset YAML: `format`, `root` (relative to the YAML), `train`/`val`/`test`, `classes`."""
+    unknown = set(doc) - SPEC_KEYS
+    if unknown:
+        raise DatasetError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
+    fmt = doc["format"]
+    if fmt not in FORMATS:
+        raise DatasetError(f"{path}: format {fmt!r} is not one of: {', '.join(FORMATS)}")
+    root = (path.parent / str(doc.get("root", "."))).resolve()
+    classes = doc.get("classes")
+    if isinstance(classes, str):
+        classes = common.read_class_file(path.parent / classes)
+    elif classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise DatasetError(f"{path}: 'classes' must be a list of names or a class-file path")
+    split_entry = doc.get(split) if split in ("train", "val", "test") else split
+    target = root
+    if isinstance(split_entry, str) and (root / split_entry).is_file():
+        target = root / split_entry
+        if fmt in ("voc", "yolo"):
+            return _load_one(root, str(target), fmt, classes)
+        split_entry = None
+    return _load_one(target, split_entry, fmt, classes)
+
+
+def fill_missing_sizes(index: DatasetIndex) -> None:
+    """Read the header of each image whose annotation gave no size (never decodes pixels)."""
+    for sample in index.samples:
+        if (sample.width <= 0 or sample.height <= 0) and sample.image_path is not None:
+            try:
+                sample.width, sample.height = read_header(sample.image_path).display_size
+            except (OSError, ImageReadError, UnsafeInputError):
+                continue  # `check` reports it; evaluation does not need the image

@@ -1,0 +1,124 @@
+"""Safe image opening, shared by check, loading and predict.
+
+Headers are read without decoding pixels (PIL opens lazily), so a 20,000-image
+check stays fast and a decompression bomb is refused before any decoding.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from boxforge.data.safety import regular_file_problem
+from boxforge.errors import UnsafeInputError
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+# Largest image we agree to decode: 16k x 16k. The header of a bomb claims far more.
+MAX_PIXELS = 16384 * 16384
+# EXIF Orientation values that swap width and height when applied.
+_TRANSPOSING = {5, 6, 7, 8}
+_EXIF_ORIENTATION = 0x0112
+
+# We enforce our own bound (MAX_PIXELS) before decoding; PIL's own check would warn or raise late.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, before any pixel is decoded.
+
+    width, height: stored pixel size (before EXIF orientation).
+    orientation: EXIF orientation tag, 1 when absent.
+    """
+
+    width: int
+    height: int
+    format: str
+    mode: str
+    orientation: int = 1
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) after EXIF orientation is applied."""
+        if self.orientation in _TRANSPOSING:
+            return self.height, self.width
+        return self.width, self.height
+
+
+class ImageReadError(Exception):
+    """An image file that cannot be opened or decoded (the message says why)."""
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_header(path: Path, max_pixels: int = MAX_PIXELS) -> ImageHeader:
+    """Read size, format and EXIF orientation from the header only.
+
+    Raises UnsafeInputError for pipes, devices and decompression bombs, ImageReadError
+    for files that are not images.
+    """
+    why = regular_file_problem(path)
+    if why:
+        raise UnsafeInputError(f"{path}: {why}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                width, height = im.size
+                orientation = _orientation(im)
+                header = ImageHeader(width, height, im.format or "", im.mode, orientation)
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{path}: not a readable image ({exc})") from exc
+    if width <= 0 or height <= 0:
+        raise ImageReadError(f"{path}: header says {width}x{height} pixels")
+    if width * height > max_pixels:
+        raise UnsafeInputError(
+            f"{path}: header claims {width}x{height} pixels, over the limit of {max_pixels} (decompression bomb?)"
+        )
+    return header
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a broken EXIF block is not a broken image
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def verify_decode(path: Path, max_pixels: int = MAX_PIXELS) -> None:
+    """Decode every pixel (the `--deep` check): catches truncated and corrupt files."""
+    read_header(path, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # PIL only warns about some truncations
+            with Image.open(path) as im:
+                im.load()
+    except (OSError, SyntaxError, ValueError, Warning) as exc:
+        raise ImageReadError(f"{path}: image data is corrupt or truncated ({exc})") from exc
+
+
+def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode to (H, W, 3) uint8 RGB with EXIF orientation applied (greyscale, palette, CMYK converted).
+
+    Used where a numpy image is wanted (drawing, synthesizer checks); the training
+    loader decodes with torchvision.io instead.
+    """
+    from PIL import ImageOps
+
+    read_header(path, max_pixels)
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{path}: cannot decode ({exc})") from exc
