@@ -19,8 +19,15 @@ $(STAMP): pyproject.toml Makefile
 test: install
 	$(BIN)/python -m pytest -q
 
+# The main job on the built-in default: synthesize, check, convert (training and evaluation join as they land).
 demo: install
-	$(BIN)/python -m boxforge demo --out demo-out
+	rm -rf demo-out
+	$(BIN)/boxforge synth demo-out/data --images 200 --classes 3 --seed 0
+	$(BIN)/boxforge check demo-out/data --json demo-out/check.json
+	$(BIN)/boxforge convert demo-out/data demo-out/coco --to coco
+	$(BIN)/boxforge convert demo-out/data demo-out/yolo --to yolo
+	$(BIN)/boxforge check demo-out/yolo --split test
+	@echo "demo outputs: demo-out/data (VOC), demo-out/coco, demo-out/yolo, demo-out/check.json"
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

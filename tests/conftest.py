@@ -56,3 +56,17 @@ def tiny_voc(tmp_path: Path) -> Path:
         "b": [("dog", 1, 1, 64, 48)],
         "c": [("cat", 20.5, 10, 40.25, 20)],
     }, splits={"train": ["a", "b"], "test": ["c"]})
+
+
+def write_png_bomb(path: Path, width: int = 60000, height: int = 60000) -> Path:
+    """A PNG of a few bytes whose header claims width x height pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                     + chunk(b"IEND", b""))
+    return path

@@ -16,12 +16,17 @@ def degenerate_mask(boxes: np.ndarray) -> np.ndarray:
         return np.isfinite(boxes).all(axis=1) & ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
 
 
+# Normalised formats (YOLO, 6 decimals) round-trip with ~1e-4 px of float noise; that is not "outside".
+BOUNDS_TOLERANCE_PX = 0.01
+
+
 def out_of_bounds_mask(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     """(N,) True where a valid box pokes outside the image (0..width, 0..height). Unknown size: all False."""
     if width <= 0 or height <= 0 or len(boxes) == 0:
         return np.zeros((len(boxes),), dtype=bool)
+    t = BOUNDS_TOLERANCE_PX
     with np.errstate(invalid="ignore"):
-        return (boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > width) | (boxes[:, 3] > height)
+        return (boxes[:, 0] < -t) | (boxes[:, 1] < -t) | (boxes[:, 2] > width + t) | (boxes[:, 3] > height + t)
 
 
 def valid_mask(boxes: np.ndarray) -> np.ndarray:

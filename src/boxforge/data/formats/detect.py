@@ -120,14 +120,14 @@ def guess_format(path: Path) -> str:
         if any(path.glob(unsupported)) or any(path.glob(f"*/{unsupported}")):
             raise DatasetError(f"{path}: {unsupported} layouts (CreateML, Roboflow multi-label CSV, TFRecord) are not "
                                f"supported; export VOC, COCO or YOLO instead")
-    if (path / "labels").is_dir() or common.find_class_file(path) and (any(path.glob("*.txt")) or (path / "Annotations").is_dir()):
-        return "yolo"
     for name in ("all.txt", "train.txt", "val.txt", "test.txt"):
         if (path / name).is_file():
             if imagefolder.looks_like_imagenet_txt(path / name):
                 return "imagenet_txt"
             if txtlist.looks_like_txtlist(path / name):
                 return "txt"
+    if (path / "labels").is_dir() or common.find_class_file(path) and (any(path.glob("*.txt")) or (path / "Annotations").is_dir()):
+        return "yolo"
     if imagefolder.class_folders(path) or any(imagefolder.class_folders(d) for d in path.iterdir() if d.is_dir()):
         return "imagefolder"
     raise DatasetError(f"{path}: cannot tell the dataset layout (looked for VOC Annotations/, COCO annotations/*.json, "

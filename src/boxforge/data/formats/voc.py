@@ -92,12 +92,19 @@ def read_voc(root: Path, split: str | None = None, classes: list[str] | None = N
         names_seen.extend(o[0] for o in objects)
 
     if classes is None:
-        unique = sorted(set(names_seen))
-        classes = list(VOC_CLASSES) if unique and set(unique) <= set(VOC_CLASSES) else unique
+        classes = infer_classes(names_seen)
     lookup = {name: i for i, name in enumerate(classes)}
     samples = [_attach_objects(root, sample, objects, lookup, fixed_classes, problems) for sample, objects in parsed]
     return DatasetIndex(classes=list(classes), samples=samples, format="voc", root=root,
                         split=split, problems=problems, splits=splits)
+
+
+def infer_classes(names: list[str] | set[str]) -> list[str]:
+    """Class order when no class file exists: the devkit's order for VOC names, else sorted."""
+    unique = set(names)
+    if unique and unique <= set(VOC_CLASSES):
+        return [c for c in VOC_CLASSES if c in unique]
+    return sorted(unique)
 
 
 def _rel(root: Path, path: Path) -> str:
@@ -209,6 +216,13 @@ def read_voc_roots(roots: list[Path], split: str | None = None, classes: list[st
     different years can never collide. Class lists must agree.
     """
     indexes = [read_voc(r, split, classes) for r in roots]
+    if classes is None:  # each root inferred its own list: put all on the union
+        union = infer_classes({c for idx in indexes for c in idx.classes})
+        for idx in indexes:
+            remap = np.array([union.index(c) for c in idx.classes] or [0], dtype=np.int64)
+            for s in idx.samples:
+                s.labels = remap[s.labels]
+            idx.classes = union
     parent = Path(os.path.commonpath([str(Path(r).resolve()) for r in roots]))
     try:
         return merge_indexes(indexes, [Path(r).name for r in roots], parent, split)
