@@ -6,13 +6,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from boxforge.config import TrainConfig
 from boxforge.data.check import CheckReport, check_dataset
 from boxforge.data.convert import ConvertReport, convert as _convert
 from boxforge.data.formats.detect import load_dataset
 from boxforge.data.index import DatasetIndex
 from boxforge.errors import BoxforgeError
 
-__all__ = ["check", "convert", "load_dataset", "synth"]
+__all__ = ["check", "convert", "load_dataset", "synth", "train"]
 
 
 def check(data: str | Path | list[str | Path] | DatasetIndex, *, split: str | None = None,
@@ -46,3 +47,16 @@ def synth(out: str | Path, *, images: int = 200, classes: int = 3, seed: int = 0
         _convert(index, out, format)
     shutil.rmtree(Path(tmp), ignore_errors=True)
     return load_dataset(out)
+
+
+def train(config: TrainConfig | None = None, *, config_file: str | Path | None = None, **settings: object):
+    """Train a detector. `settings` are TrainConfig fields (data=..., model=..., epochs=...); see `boxforge train -h`.
+
+    Returns a TrainResult (run_dir, best_metric, last and best checkpoint paths).
+    """
+    from boxforge.config import make_config
+    from boxforge.engine.fit import fit
+
+    cfg = config if config is not None else make_config(dict(settings), config_file)
+    cfg.validate()
+    return fit(cfg)

@@ -52,7 +52,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=TARGETS, default="voc")
     p.add_argument("--task", choices=("detect", "classify"), default="detect")
+    _train_parser(sub)
     return parser
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    from boxforge.config import OPTIMIZERS, SCHEDULES
+    from boxforge.models import MODELS
+
+    p = sub.add_parser("train", help="train a detector (CPU, one GPU, or torchrun for many)",
+                       description="Train a detector. Settings not given come from --config FILE.yaml, then the "
+                                   "defaults; the resolved settings are saved as OUT/config.yaml. Exit status 75: "
+                                   "stopped by the stall watchdog (restart with --resume auto).")
+    p.add_argument("--data", nargs="+", metavar="DATA", help="dataset folder/file (several VOC roots are merged)")
+    p.add_argument("--split", help="training split (default: trainval, else train, else everything)")
+    p.add_argument("--val", help="validation dataset, or a split name of DATA (default: val, else test)")
+    p.add_argument("--format", choices=FORMATS)
+    p.add_argument("--model", choices=sorted(MODELS), help="default: ssd_tiny")
+    p.add_argument("--out", help="run directory (default: runs/train)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int)
+    budget.add_argument("--iterations", type=int, help="optimizer steps")
+    budget.add_argument("--time", type=float, metavar="MINUTES", help="wall-clock budget; the LR schedule fits it")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (default: 0.02 SGD / 0.002 AdamW per 16 images)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--schedule", choices=SCHEDULES)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup", type=float, help="fraction of the run in linear warm-up")
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--workers", type=int, help="data loader worker processes (default 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: cores / local ranks)")
+    p.add_argument("--amp", action="store_true", default=None, help="float16 on CUDA, bfloat16 on CPU")
+    p.add_argument("--ema", action="store_true", default=None, help="keep an EMA of the weights for validation")
+    p.add_argument("--accumulate", type=int, help="batches per optimizer step")
+    p.add_argument("--clip-grad", type=float)
+    p.add_argument("--weights", help="torchvision weight name (COCO_V1), a .pt/.pth file or a boxforge checkpoint")
+    p.add_argument("--weights-backbone", help="torchvision weight name (IMAGENET1K_V1) or a file")
+    p.add_argument("--freeze", choices=("backbone",))
+    p.add_argument("--resume", metavar="auto|PATH", help="continue from the newest good checkpoint in OUT, or PATH")
+    p.add_argument("--save-every", type=int, metavar="N", help="also save last.pt every N steps")
+    p.add_argument("--snapshot-every", type=int, metavar="N", help="keep step-N.pt snapshots every N steps")
+    p.add_argument("--keep", type=int, metavar="K", help="snapshots to keep (default 3)")
+    p.add_argument("--val-every", type=int, metavar="N", help="validate every N epochs (default 1)")
+    p.add_argument("--stall-timeout", type=float, metavar="SECONDS", help="watchdog limit (default 300)")
+    p.add_argument("--log-every", type=int, metavar="N")
+    p.add_argument("--config", type=Path, metavar="FILE.yaml", help="defaults for any of these settings")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from boxforge.config import make_config
+
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    cfg = make_config(settings, args.config)
+    result = api.train(cfg)
+    best = f", best VOC12 mAP {result.best_metric:.4f} ({result.best})" if result.best_metric is not None else ""
+    print(f"done: {result.global_step} steps, {result.epochs_done} epochs; last checkpoint {result.last}{best}")
+    return EXIT_OK
 
 
 def _run_check(args: argparse.Namespace) -> int:
@@ -95,7 +153,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"check": _run_check, "convert": _run_convert, "synth": _run_synth}
+COMMANDS = {"check": _run_check, "convert": _run_convert, "synth": _run_synth, "train": _run_train}
 
 
 def main(argv: list[str] | None = None) -> int:

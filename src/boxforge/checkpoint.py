@@ -1,0 +1,154 @@
+"""The checkpoint format: atomic save, safe load, newest-good lookup.
+
+Below the engine, so predict/export/eval can read checkpoints without importing
+training code. A checkpoint is a plain dict of tensors and Python primitives, so
+it loads with `torch.load(weights_only=True)`: a file that needs pickled code to
+load is refused, never executed.
+
+Keys written by the engine: `format` (CHECKPOINT_FORMAT), `model` (state dict),
+`model_name`, `class_names`, `config`, `task`, and for resuming `optimizer`,
+`scheduler`, `scaler`, `ema`, `epoch`, `iteration` (batches done in `epoch`),
+`global_step`, `rng`, `best_metric`.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from boxforge.errors import BoxforgeError
+
+CHECKPOINT_FORMAT = "boxforge-checkpoint-v1"
+_SNAPSHOT = re.compile(r"^step-(\d+)\.pt$")
+
+
+class CheckpointError(BoxforgeError):
+    """A checkpoint that cannot be written or read; the message names the file and the cause."""
+
+
+class DiskFullError(CheckpointError):
+    """Saving failed for lack of space (or a file-size limit); the previous checkpoint is intact."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write `state` to `path` atomically: temp file in the same folder, fsync, rename, fsync the folder.
+
+    A crash at any moment leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # serialise first: torch's zip writer hides the OSError of a full disk
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        _remove_quietly(tmp)
+        if _is_disk_full(exc):
+            raise DiskFullError(f"{path}: disk full while saving the checkpoint; the previous checkpoint is intact "
+                                f"({exc})") from exc
+        raise CheckpointError(f"{path}: could not save the checkpoint: {exc}") from exc
+    _fsync_dir(path.parent)
+    return path
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return "no space left" in text or "file too large" in text or "disk quota" in text
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True`; every failure becomes one clear CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "GLOBAL" in text or "global" in text:
+            found = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "global" in line), "")
+            raise CheckpointError(f"{path}: refused: the file needs pickled code to load, which weights_only=True "
+                                  f"forbids ({found})") from exc
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or not a torch file)") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt): "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a checkpoint dict")
+    return state
+
+
+def is_boxforge_checkpoint(state: dict[str, Any]) -> bool:
+    return state.get("format") == CHECKPOINT_FORMAT and "model" in state
+
+
+def resume_candidates(run_dir: str | Path) -> list[Path]:
+    """Checkpoints in `run_dir` to resume from, newest progress first: last.pt, then step-N.pt by N."""
+    run_dir = Path(run_dir)
+    found = []
+    if (run_dir / "last.pt").is_file():
+        found.append(run_dir / "last.pt")
+    snaps = sorted((p for p in run_dir.glob("step-*.pt") if _SNAPSHOT.match(p.name)),
+                   key=lambda p: int(_SNAPSHOT.match(p.name).group(1)), reverse=True)  # type: ignore[union-attr]
+    return found + snaps
+
+
+def find_resume(run_dir: str | Path, log: Any = print) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in `run_dir` that loads; bad ones are reported (via `log`) and skipped."""
+    best: tuple[Path, dict[str, Any]] | None = None
+    for path in resume_candidates(run_dir):
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as exc:
+            log(f"skipping {exc}")
+            continue
+        if not is_boxforge_checkpoint(state):
+            log(f"skipping {path}: not a boxforge training checkpoint")
+            continue
+        if best is None or state.get("global_step", 0) > best[1].get("global_step", 0):
+            best = (path, state)
+    return best
+
+
+def prune_snapshots(run_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` `step-N.pt` snapshots (our own files only); returns what was removed."""
+    snaps = [p for p in resume_candidates(run_dir) if p.name != "last.pt"]
+    removed = snaps[max(keep, 0):]
+    for p in removed:
+        _remove_quietly(p)
+    return removed

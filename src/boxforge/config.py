@@ -1,0 +1,126 @@
+"""Run settings: one dataclass, loaded from YAML, overridden from the CLI, saved as RUN_DIR/config.yaml.
+
+The YAML only sets defaults (as timm does): anything given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from boxforge.errors import BoxforgeError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "multistep", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting with its default. Units are in the names (minutes, seconds, iterations)."""
+
+    data: list[str] = field(default_factory=list)
+    split: str | None = None
+    val: str | None = None
+    format: str | None = None
+    model: str = "ssd_tiny"
+    task: str | None = None
+    out: str = "runs/train"
+    epochs: int | None = None
+    iterations: int | None = None
+    time: float | None = None  # minutes of wall clock for the whole run
+    batch_size: int = 16
+    lr: float | None = None  # None: optimizer default scaled by batch size
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    schedule: str = "cosine"
+    milestones: list[float] = field(default_factory=lambda: [0.67, 0.89])  # fractions of the run (multistep)
+    gamma: float = 0.1
+    warmup: float = 0.03  # fraction of the run spent in linear warm-up
+    img_size: int | None = None
+    workers: int = 0
+    device: str = "auto"
+    seed: int = 0
+    amp: bool = False
+    ema: bool = False
+    ema_decay: float = 0.999
+    accumulate: int = 1
+    clip_grad: float | None = 10.0
+    weights: str | None = None
+    weights_backbone: str | None = None
+    freeze: str | None = None
+    resume: str | None = None
+    save_every: int = 0  # iterations between last.pt saves inside an epoch (0: only at epoch end)
+    snapshot_every: int = 0  # iterations between kept step-N.pt snapshots (0: none)
+    keep: int = 3
+    val_every: int = 1  # epochs
+    stall_timeout: float = 300.0
+    log_every: int = 10
+    max_nonfinite: int = 5
+    threads: int | None = None
+    strict_data: bool = False
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise BoxforgeError(f"--optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise BoxforgeError(f"--schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        if self.device not in DEVICES:
+            raise BoxforgeError(f"--device {self.device!r}; choose one of: {', '.join(DEVICES)}")
+        if sum(x is not None for x in (self.epochs, self.iterations, self.time)) > 1:
+            raise BoxforgeError("give at most one of --epochs, --iterations, --time")
+        if self.freeze not in (None, "backbone"):
+            raise BoxforgeError(f"--freeze {self.freeze!r}; the only choice is: backbone")
+        for name in ("batch_size", "accumulate", "keep", "val_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise BoxforgeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.data:
+            raise BoxforgeError("--data is required: a dataset folder or file")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def load_yaml_defaults(path: str | Path) -> dict[str, Any]:
+    """Settings from a YAML file; unknown keys are an error that lists the known ones."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise BoxforgeError(f"{path}: cannot read config: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(doc, dict):
+        raise BoxforgeError(f"{path}: a config file is a mapping of setting: value")
+    unknown = sorted(set(doc) - FIELDS)
+    if unknown:
+        raise BoxforgeError(f"{path}: unknown settings {unknown}; known: {', '.join(sorted(FIELDS))}")
+    if isinstance(doc.get("data"), str):
+        doc["data"] = [doc["data"]]
+    return doc
+
+
+def make_config(overrides: dict[str, Any], config_file: str | Path | None = None) -> TrainConfig:
+    """Defaults < YAML file < explicit overrides (None values in overrides mean "not given")."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(load_yaml_defaults(config_file))
+    values.update({k: v for k, v in overrides.items() if v is not None and k in FIELDS})
+    if isinstance(values.get("data"), (str, Path)):
+        values["data"] = [str(values["data"])]
+    values["data"] = [str(d) for d in values.get("data", [])]
+    cfg = TrainConfig(**values)
+    cfg.validate()
+    return cfg
+
+
+def save_config(cfg: TrainConfig, run_dir: str | Path) -> Path:
+    path = Path(run_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    return path

@@ -1,0 +1,142 @@
+"""Building what a run needs from its TrainConfig: device, threads, data, model, optimizer.
+
+Each helper does one thing so `fit()` reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from boxforge.config import TrainConfig
+from boxforge.data.formats import common
+from boxforge.data.formats.detect import load_dataset
+from boxforge.data.index import DatasetIndex
+from boxforge.engine.distributed import DistInfo
+from boxforge.errors import BoxforgeError
+
+DEFAULT_LR = {"sgd": 0.02, "adamw": 0.002}  # for batch 16; scaled linearly with the global batch
+DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05}
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise BoxforgeError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+        return torch.device("cuda", info.local_rank)
+    return torch.device("cpu")
+
+
+def set_threads(cfg: TrainConfig, info: DistInfo, device: torch.device) -> int:
+    """Intra-op threads so that ranks and workers on one machine do not oversubscribe the cores.
+
+    On CPU: the cores split between local ranks, minus one core per data worker when there
+    are cores to spare (workers run one thread each).
+    """
+    if cfg.threads:
+        threads = cfg.threads
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size if info.enabled else 1))
+        share = max(1, cores // max(local, 1))
+        threads = share if device.type == "cpu" and cfg.workers < share else max(1, share - cfg.workers)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _split_names(root: Path) -> set[str]:
+    return set(common.available_splits(root)) | {d.name for d in root.iterdir() if d.is_dir()} if root.is_dir() else set()
+
+
+def train_split(cfg: TrainConfig) -> str | None:
+    """--split, else `trainval` if the (single) root offers it, else `train`, else the whole set."""
+    if cfg.split:
+        return cfg.split
+    if len(cfg.data) == 1:
+        names = _split_names(Path(cfg.data[0]))
+        for name in ("trainval", "train"):
+            if name in names or (Path(cfg.data[0]) / f"{name}.txt").is_file():
+                return name
+    elif all((Path(d) / "ImageSets" / "Main" / "trainval.txt").is_file() for d in cfg.data):
+        return "trainval"
+    return None
+
+
+def load_train_val(cfg: TrainConfig) -> tuple[DatasetIndex, DatasetIndex | None]:
+    """The training index and the validation index (--val: a dataset path or a split of the same root)."""
+    data = cfg.data if len(cfg.data) > 1 else cfg.data[0]
+    train = load_dataset(data, split=train_split(cfg), format=cfg.format)
+    if len(train) == 0:
+        raise BoxforgeError(f"{cfg.data}: the training split has no images")
+    val = None
+    if cfg.val and Path(cfg.val).exists() and not Path(cfg.val).suffix == ".txt":
+        val = load_dataset(cfg.val, format=cfg.format)
+    elif cfg.val:
+        val = load_dataset(data, split=cfg.val, format=cfg.format)
+    elif len(cfg.data) == 1:
+        names = _split_names(Path(cfg.data[0]))
+        for name in ("val", "test"):
+            if name in names and name != train.split:
+                val = load_dataset(data, split=name, format=cfg.format)
+                break
+    if val is not None and val.classes != train.classes:
+        raise BoxforgeError(f"validation classes {val.classes} differ from training classes {train.classes}")
+    return train, val
+
+
+def default_lr(cfg: TrainConfig, world_size: int) -> float:
+    if cfg.lr is not None:
+        return cfg.lr
+    return DEFAULT_LR[cfg.optimizer] * cfg.batch_size * cfg.accumulate * world_size / 16
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """SGD+momentum or AdamW; no weight decay on norms and biases (1-D tensors)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    wd = cfg.weight_decay if cfg.weight_decay is not None else DEFAULT_WD[cfg.optimizer]
+    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+
+
+@dataclass
+class Plan:
+    """How long the run is: `total_steps` optimizer steps, or a `budget_s` wall-clock budget."""
+
+    iters_per_epoch: int
+    total_steps: int | None
+    budget_s: float | None
+    epochs: int | None
+
+    def progress(self, step: int, seconds: float) -> float:
+        if self.budget_s:
+            return min(1.0, seconds / self.budget_s)
+        return min(1.0, step / max(1, self.total_steps or 1))
+
+    def done(self, step: int, seconds: float, epoch: int) -> bool:
+        if self.budget_s:
+            return seconds >= self.budget_s
+        if self.total_steps is not None and step >= self.total_steps:
+            return True
+        return self.epochs is not None and epoch >= self.epochs
+
+
+DEFAULT_EPOCHS = 30
+
+
+def make_plan(cfg: TrainConfig, iters_per_epoch: int) -> Plan:
+    steps_per_epoch = max(1, iters_per_epoch // cfg.accumulate)
+    if cfg.time:
+        return Plan(iters_per_epoch, None, cfg.time * 60.0, None)
+    if cfg.iterations:
+        return Plan(iters_per_epoch, cfg.iterations, None, None)
+    epochs = cfg.epochs or DEFAULT_EPOCHS
+    return Plan(iters_per_epoch, epochs * steps_per_epoch, None, epochs)

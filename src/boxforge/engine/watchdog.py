@@ -1,0 +1,128 @@
+"""Nothing hangs silently: a thread that ends a run whose steps stopped completing.
+
+The loop calls `beat(stage)` as it moves (waiting for data, in the step, in
+validation). When no beat arrives within `timeout` seconds the watchdog prints
+which stage is stuck, dumps every thread's stack to `RUN_DIR/stall-<time>.txt`,
+kills the data loader workers (SIGKILL works even on a SIGSTOPped worker, so
+none is left behind) and exits with EXIT_STALL, so a scheduler can restart the
+run with `--resume auto`.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+EXIT_STALL = 75  # EX_TEMPFAIL: "try again", which is what --resume auto does
+
+
+class Watchdog:
+    def __init__(self, timeout: float, run_dir: Path | None, *, poll: float = 0.5) -> None:
+        self.timeout = float(timeout)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.poll = poll
+        self._stage = "starting"
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._checks: list[Callable[[], str | None]] = []
+
+    def add_check(self, check: Callable[[], str | None]) -> None:
+        """A probe run every poll (e.g. "is a data loader worker dead?"); a message it returns ends the run."""
+        self._checks.append(check)
+
+    def beat(self, stage: str) -> None:
+        """Record progress; `stage` names what the loop does next (for the stall message)."""
+        self._stage = stage
+        self._last = time.monotonic()
+
+    def start(self) -> Watchdog:
+        if self.timeout > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="boxforge-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> Watchdog:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll):
+            for check in list(self._checks):
+                problem = check()
+                if problem:
+                    self.abort(f"boxforge watchdog: {problem}; stuck {self._stage}.")
+            idle = time.monotonic() - self._last
+            if idle > self.timeout:
+                self._fire(idle)
+
+    def _fire(self, idle: float) -> None:
+        self.abort(f"boxforge watchdog: no training progress for {idle:.0f} s (limit --stall-timeout "
+                   f"{self.timeout:g} s); stuck {self._stage}.")
+
+    def abort(self, message: str) -> None:
+        """Dump stacks, kill the data loader workers and exit with EXIT_STALL (never returns)."""
+        dump = self._dump_stacks(message)
+        hint = f" Stacks of all threads: {dump}." if dump else ""
+        print(f"{message}{hint} Exiting with status {EXIT_STALL}; restart with --resume auto.",
+              file=sys.stderr, flush=True)
+        kill_workers()
+        os._exit(EXIT_STALL)
+
+    def _dump_stacks(self, message: str) -> Path | None:
+        if self.run_dir is None:
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+            return None
+        path = self.run_dir / f"stall-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(path, "w") as fh:
+                fh.write(message + "\n\n")
+                fh.flush()
+                faulthandler.dump_traceback(file=fh, all_threads=True)
+            return path
+        except OSError:
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+            return None
+
+
+def kill_workers() -> None:
+    """SIGKILL every child process started by multiprocessing (data loader workers)."""
+    for child in multiprocessing.active_children():
+        try:
+            child.kill()
+        except (OSError, AttributeError):
+            continue
+    for child in multiprocessing.active_children():
+        child.join(timeout=2)
+
+
+def dead_worker(iterator: Any) -> str | None:
+    """Name the first data loader worker of `iterator` that died, or None.
+
+    Forkserver workers are not our children, so no SIGCHLD tells the loader; polling
+    their exit codes is what notices a worker killed by the kernel (OOM) or by hand.
+    """
+    for number, worker in enumerate(getattr(iterator, "_workers", []) or []):
+        try:
+            code = worker.exitcode
+        except (OSError, ValueError):
+            continue
+        if code is not None and getattr(iterator, "_workers_status", [True] * (number + 1))[number]:
+            how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            return f"data loader worker {number} (pid {worker.pid}) {how}"
+    return None
