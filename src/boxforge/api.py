@@ -60,3 +60,39 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
     cfg = config if config is not None else make_config(dict(settings), config_file)
     cfg.validate()
     return fit(cfg)
+
+
+def evaluate(data, *, weights: str | Path | None = None, predictions: str | Path | None = None, **options):
+    """mAP (VOC07, VOC12, COCO) of `weights` (checkpoint or .onnx, run on the images) or of a `predictions` file.
+
+    options: split, format, metrics ("all" or voc07/voc12/coco), iou_thresh, batch_size, device, workers,
+    save_predictions_to, prefer_ema, progress. Returns an EvalReport (`.results`, `.to_json()`).
+    """
+    from boxforge.evaluating import evaluate as _evaluate
+
+    return _evaluate(data, weights=weights, predictions=predictions, **options)
+
+
+def predict(weights: str | Path, sources, **options):
+    """Detect objects in image files, folders or globs; draw them and write the predictions file.
+
+    options: out, score_thresh, iou_thresh, max_det, json_path, per_class_json, draw, batch_size, device,
+    workers, prefer_ema, progress. Returns a PredictReport.
+    """
+    from boxforge.predicting import predict_sources
+
+    return predict_sources(weights, [sources] if isinstance(sources, (str, Path)) else list(sources), **options)
+
+
+def export_onnx(weights: str | Path, out: str | Path, **options):
+    """Export a checkpoint to ONNX (NMS in the graph, pre-processing in its metadata) and check parity.
+
+    options: img_size, opset, dynamic_batch, score_thresh, iou_thresh, max_det, check_images, check, prefer_ema.
+    Returns an ExportReport.
+    """
+    from boxforge.export import export_onnx as _export_onnx
+
+    return _export_onnx(weights, out, **options)
+
+
+__all__ += ["evaluate", "export_onnx", "predict"]

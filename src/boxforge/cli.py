@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fix", action="store_true", help="move files with errors into --quarantine (never deletes)")
     p.add_argument("--quarantine", type=Path, metavar="DIR", help="where --fix moves files; a manifest.json is written there")
     p.add_argument("--undo", type=Path, metavar="MANIFEST", help="put back every file a --fix moved")
+    p.add_argument("--plots", type=Path, metavar="DIR", help="also draw class, box-size and sample-image PNGs into DIR")
 
     p = sub.add_parser("convert", help="write a dataset as voc, coco, yolo or txt",
                        description="Convert DATA into the new folder OUT. Invalid boxes are reported and left out.")
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=TARGETS, default="voc")
     p.add_argument("--task", choices=("detect", "classify"), default="detect")
     _train_parser(sub)
+    _plot_parser(sub)
+    _inference_parsers(sub)
     return parser
 
 
@@ -102,6 +105,129 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, metavar="FILE.yaml", help="defaults for any of these settings")
 
 
+def _plot_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="draw training curves from a boxforge run or a darknet log",
+                       description="PNG curves and CSV series from a boxforge run (RUN_DIR or its metrics.jsonl) "
+                                   "or a darknet training log (pjreddie or AlexeyAB); the kind is detected.")
+    p.add_argument("source", type=Path, metavar="RUN_DIR_OR_LOG")
+    p.add_argument("--out", type=Path, metavar="DIR", help="default: RUN_DIR/plots, or LOGNAME-plots beside a log")
+    p.add_argument("--smooth", type=int, default=20, metavar="N", help="running-mean window in points (default 20)")
+    p.add_argument("--from-step", type=int, metavar="A", help="first step (darknet: iteration) to plot")
+    p.add_argument("--to-step", type=int, metavar="B", help="last step (darknet: iteration) to plot")
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from boxforge.plots import plot_log
+
+    report = plot_log(args.source, args.out, smooth=args.smooth, from_step=args.from_step, to_step=args.to_step)
+    print(report.summary())
+    return EXIT_OK
+
+
+def _inference_parsers(sub: argparse._SubParsersAction) -> None:
+    """eval, predict, export: the commands that use a trained model (checkpoint or exported ONNX)."""
+    p = sub.add_parser("eval", help="mAP (VOC07, VOC12, COCO) of a model or a predictions file on a dataset",
+                       description="Evaluate --weights (a boxforge checkpoint or exported .onnx, run on the images "
+                                   "with score threshold 0.001 and 100 detections per image) or --predictions (a "
+                                   "boxforge predictions file, or a COCO results list for COCO data; no image files "
+                                   "needed). Default split: test, else val, else every image.")
+    p.add_argument("--data", nargs="+", required=True, metavar="DATA", help="dataset folder or file")
+    p.add_argument("--split", help="split name or a txt file of image ids (default: test, else val, else all)")
+    p.add_argument("--format", choices=FORMATS, help="force the dataset format instead of detecting it")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", type=Path, metavar="CKPT_OR_ONNX")
+    source.add_argument("--predictions", type=Path, metavar="FILE")
+    p.add_argument("--metric", nargs="+", default=["all"], choices=("voc07", "voc12", "coco", "all"))
+    p.add_argument("--iou-thresh", type=float, default=0.5, help="VOC match IoU (default 0.5; COCO uses .50:.95)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
+    p.add_argument("--save-predictions", type=Path, metavar="FILE", help="with --weights: keep the predictions")
+    _model_run_args(p)
+
+    p = sub.add_parser("predict", help="detect objects in images; draw them and write a predictions file",
+                       description="Run --weights (checkpoint or .onnx) on SOURCE images (files, folders searched "
+                                   "recursively, or quoted globs). Unreadable images are reported and skipped.")
+    p.add_argument("sources", nargs="+", metavar="SOURCE")
+    p.add_argument("--weights", type=Path, required=True, metavar="CKPT_OR_ONNX")
+    p.add_argument("--out", type=Path, default=Path("runs/predict"), metavar="DIR",
+                   help="drawn images, predictions.json, per_class/ (default runs/predict)")
+    p.add_argument("--score-thresh", type=float, default=0.5)
+    p.add_argument("--iou-thresh", type=float, default=0.45, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=100, help="detections per image at most")
+    p.add_argument("--json", type=Path, metavar="FILE", help="predictions file (default OUT/predictions.json)")
+    p.add_argument("--per-class-json", action="store_true", help="also OUT/per_class/<class>.json")
+    p.add_argument("--no-draw", action="store_true", help="do not write drawn images")
+    _model_run_args(p)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (NMS inside the graph), parity-checked",
+                       description="Write an ONNX model: input images (B, 3, S, S) float RGB 0..1; outputs boxes "
+                                   "(B, K, 4) in input pixels, scores, labels (0-based), num_detections. Metadata "
+                                   "holds img_size, class_names, normalization, postprocess. The export is checked "
+                                   "against the checkpoint; a mismatch is an error (exit status 2).")
+    p.add_argument("--weights", type=Path, required=True, metavar="CKPT")
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL.onnx")
+    p.add_argument("--img-size", type=int, help="input size (default: the checkpoint's)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 11 (default 17)")
+    p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
+    p.add_argument("--score-thresh", type=float, default=0.001, help="baked in (default 0.001, right for mAP; "
+                   "predict can raise it later)")
+    p.add_argument("--iou-thresh", type=float, help="NMS IoU, baked in (default: the model's, usually 0.45)")
+    p.add_argument("--max-det", type=int, default=100)
+    p.add_argument("--check-images", nargs="+", type=Path, metavar="IMAGE", help="parity check images "
+                   "(default: 4 synthetic ones)")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check")
+    p.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA weights")
+
+
+def _model_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--workers", type=int, default=0, help="image decoding worker processes (default 0)")
+    p.add_argument("--no-ema", action="store_true", help="use a checkpoint's raw weights, not its EMA weights")
+
+
+def _print_notes(notes: list[str]) -> None:
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from boxforge.evaluation import format_table
+
+    data = args.data if len(args.data) > 1 else args.data[0]
+    report = api.evaluate(data, weights=args.weights, predictions=args.predictions, split=args.split,
+                          format=args.format, metrics=args.metric, iou_thresh=args.iou_thresh,
+                          batch_size=args.batch_size, device=args.device, workers=args.workers,
+                          save_predictions_to=args.save_predictions, prefer_ema=not args.no_ema)
+    _print_notes(report.notes)
+    for reason in report.skipped[:10]:
+        print(f"skipped: {reason}", file=sys.stderr)
+    print(report.header())
+    print(format_table(report.results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
+        print(f"results written to {args.json}")
+    return EXIT_OK
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    report = api.predict(args.weights, args.sources, out=args.out, score_thresh=args.score_thresh,
+                         iou_thresh=args.iou_thresh, max_det=args.max_det, json_path=args.json,
+                         per_class_json=args.per_class_json, draw=not args.no_draw, batch_size=args.batch_size,
+                         device=args.device, workers=args.workers, prefer_ema=not args.no_ema)
+    print(report.summary())
+    return EXIT_PROBLEMS if report.skipped and not report.images else EXIT_OK
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    report = api.export_onnx(args.weights, args.out, img_size=args.img_size, opset=args.opset,
+                             dynamic_batch=args.dynamic_batch, score_thresh=args.score_thresh,
+                             iou_thresh=args.iou_thresh, max_det=args.max_det, check_images=args.check_images,
+                             check=not args.no_check, prefer_ema=not args.no_ema)
+    print(report.summary())
+    return EXIT_OK
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from boxforge.config import make_config
 
@@ -132,6 +258,11 @@ def _run_check(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
         print(f"report written to {args.json}")
+    if args.plots:
+        from boxforge.plots import plot_dataset
+
+        for path in plot_dataset(index, args.plots):
+            print(f"plot written to {path}")
     if args.fix and report.errors:
         manifest = quarantine(index, report.errors, args.quarantine)
         moved = len(json.loads(manifest.read_text())["moves"])
@@ -153,7 +284,9 @@ def _run_synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"check": _run_check, "convert": _run_convert, "synth": _run_synth, "train": _run_train}
+COMMANDS = {"check": _run_check, "convert": _run_convert, "synth": _run_synth, "train": _run_train,
+            "plot": _run_plot}
+COMMANDS.update({"eval": _run_eval, "predict": _run_predict, "export": _run_export})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,165 @@
+"""`eval`: mAP of a model (checkpoint or ONNX) or of a predictions file on a dataset split.
+
+A model is run with benchmark post-processing (score threshold 0.001, 100 detections per image,
+its own NMS threshold), as in training's validation, so `eval` reproduces the numbers the run
+logged. A predictions file needs no image file at all: only the annotations are read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from boxforge.data.formats import common
+from boxforge.data.formats.detect import load_dataset
+from boxforge.data.index import DatasetIndex
+from boxforge.errors import BoxforgeError
+from boxforge.evaluation import METRICS, Predictions, evaluate_detections, load_predictions, save_predictions
+
+EVAL_SCORE_THRESH = 0.001  # benchmark convention: keep low-score detections, they still add recall
+EVAL_MAX_DET = 100
+SPLIT_PREFERENCE = ("test", "val", "valid")
+
+
+@dataclass
+class EvalReport:
+    results: dict[str, Any]
+    data: str
+    split: str | None
+    images: int
+    objects: int
+    source: str
+    predictions: int = 0
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def header(self) -> str:
+        split = f" split {self.split}" if self.split else " (all images)"
+        return (f"{self.data}{split}: {self.images} images, {self.objects} objects; "
+                f"{self.predictions} detections from {self.source}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The results, NaN (a class without ground truth) written as null."""
+        return _nan_to_none(self.results)
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def default_split(data: str | Path | Sequence[str | Path]) -> str | None:
+    """For one folder offering splits (ImageSets/Main/*.txt, NAME.txt, or split folders): test, else val,
+    else valid; otherwise None (every image)."""
+    if isinstance(data, (list, tuple)):
+        if len(data) != 1:
+            return "test" if all((Path(d) / "ImageSets" / "Main" / "test.txt").is_file() for d in data) else None
+        data = data[0]
+    root = Path(data)
+    if not root.is_dir():
+        return None
+    names = set(common.available_splits(root)) | {d.name for d in root.iterdir() if d.is_dir()}
+    return next((name for name in SPLIT_PREFERENCE if name in names), None)
+
+
+def resolve_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
+    """"all" or names from METRICS (a comma-separated string works too) -> a tuple in METRICS order."""
+    names = metrics.split(",") if isinstance(metrics, str) else [m for item in metrics for m in item.split(",")]
+    names = [n.strip() for n in names if n.strip()]
+    if not names or "all" in names:
+        return METRICS
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise BoxforgeError(f"unknown metric {unknown[0]!r}; choose from: {', '.join(METRICS)}, all")
+    return tuple(m for m in METRICS if m in names)
+
+
+def predictions_from_model(index: DatasetIndex, weights: str | Path, *, batch_size: int, device: str, workers: int,
+                           prefer_ema: bool, progress: bool, notes: list[str],
+                           skipped: list[str]) -> tuple[Predictions, str]:
+    """Run the model on every image of `index`; labels mapped by class name onto the index's classes."""
+    from boxforge.predictor import load_backend
+    from boxforge.runner import Progress, iter_detections
+
+    backend = load_backend(weights, device, score_thresh=EVAL_SCORE_THRESH, max_det=EVAL_MAX_DET,
+                           prefer_ema=prefer_ema)
+    notes.extend(backend.notes)
+    model_classes = list(backend.classes)
+    mapping = np.array([index.classes.index(c) if c in index.classes else -1 for c in model_classes], np.int64)
+    if (mapping < 0).all():
+        raise BoxforgeError(f"{weights}: the model's classes ({', '.join(model_classes)}) share no name with the "
+                            f"dataset's ({', '.join(index.classes)})")
+    extra = [c for c, m in zip(model_classes, mapping) if m < 0]
+    if extra:
+        notes.append(f"the model's classes {', '.join(extra)} are not in the dataset; their detections are ignored")
+    missing = [c for c in index.classes if c not in model_classes]
+    if missing:
+        notes.append(f"the dataset's classes {', '.join(missing)} are unknown to the model (AP 0)")
+    items = [(s.image_id, s.image_path) for s in index.samples if s.image_path is not None]
+    skipped.extend(f"{s.image_id}: no image file in the annotation" for s in index.samples if s.image_path is None)
+    preds = Predictions(list(index.classes))
+    for result in iter_detections(backend, items, batch_size=batch_size, workers=workers,
+                                  progress=Progress("eval") if progress else None):
+        if result.error:
+            skipped.append(result.error)
+            continue
+        labels = mapping[result.labels]
+        keep = labels >= 0
+        preds.add(result.image_id, result.boxes[keep], result.scores[keep], labels[keep])
+    meta = backend.meta
+    where = f"{meta.kind}, {meta.weights} weights" if meta.weights else meta.kind
+    return preds, f"{Path(weights).name} ({meta.model_name}, {where})"
+
+
+def evaluate(data: str | Path | Sequence[str | Path] | DatasetIndex, *, weights: str | Path | None = None,
+             predictions: str | Path | None = None, split: str | None = None, format: str | None = None,
+             metrics: str | Sequence[str] = "all", iou_thresh: float = 0.5, batch_size: int = 8, device: str = "auto",
+             workers: int = 0, save_predictions_to: str | Path | None = None, prefer_ema: bool = True,
+             progress: bool = True) -> EvalReport:
+    """Evaluate `weights` (run on the images) or a `predictions` file on DATA; see EvalReport.
+
+    split: default `default_split(data)` (test, else val, else everything).
+    """
+    if (weights is None) == (predictions is None):
+        raise BoxforgeError("give either weights (a checkpoint or .onnx) or predictions (a predictions file)")
+    chosen = tuple(resolve_metrics(metrics))
+    start = time.perf_counter()
+    if isinstance(data, DatasetIndex):
+        index, name = data, str(data.root)
+    else:
+        split = split if split is not None else default_split(data)
+        index = load_dataset(data, split=split, format=format)
+        name = " ".join(map(str, data)) if isinstance(data, (list, tuple)) else str(data)
+    if index.task != "detect":
+        raise BoxforgeError(f"{name}: a {index.task} dataset; eval needs boxes")
+    notes: list[str] = []
+    skipped: list[str] = []
+    if predictions is not None:
+        preds, source = load_predictions(predictions, index), str(predictions)
+    else:
+        preds, source = predictions_from_model(index, weights, batch_size=batch_size, device=device, workers=workers,
+                                               prefer_ema=prefer_ema, progress=progress, notes=notes, skipped=skipped)
+        if save_predictions_to:
+            save_predictions(preds, index.classes, save_predictions_to)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        results = evaluate_detections(index, preds, chosen, iou_thresh=iou_thresh)
+    if skipped:
+        notes.append(f"{len(skipped)} images could not be read; their objects count as missed")
+    return EvalReport(results, name, index.split, len(index), index.num_objects,
+                      source, len(preds), skipped, notes, time.perf_counter() - start)

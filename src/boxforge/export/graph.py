@@ -1,0 +1,145 @@
+"""An export-friendly forward of a boxforge SSD: one static graph from pixels to final detections.
+
+torchvision's `SSD.forward` is not that graph: its GeneralizedRCNNTransform normalises and resizes
+image by image in Python, and its post-processing loops over classes with data-dependent shapes.
+`ExportableSSD` reuses the model's own parts (backbone, head, anchors, box coder) and does the rest
+with batched tensor operations:
+
+    images (B, 3, S, S) float32 RGB 0..1
+      -> (x - mean) / std                        the model's image_mean/image_std, as its transform does
+      -> backbone -> head                        cls_logits (B, A, C+1), bbox_regression (B, A, 4)
+      -> decode against the fixed anchors (A, 4), clip to the image; softmax, drop background
+      -> per class: keep the topk_candidates best anchors (as torchvision does before NMS)
+      -> per-class NMS with score threshold      ONNX NonMaxSuppression (batched, multi-class natively)
+      -> the max_det best over all classes       TopK over a dense (B, C*A) score table
+    boxes (B, K, 4) in input pixels, scores (B, K), labels (B, K) int64 0-based, num_detections (B,)
+
+Rows past num_detections are padding: zero boxes and scores, label -1. In eager mode the NMS step
+runs torchvision.ops.nms per image and class, so the module itself can be checked against the Detector.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import nms
+
+
+class MultiClassNMS(torch.autograd.Function):
+    """ONNX NonMaxSuppression semantics: boxes (B, N, 4) xyxy, scores (B, C, N) ->
+    selected (M, 3) int64 rows [batch, class, box], per class at most `max_per_class`, only scores > score_thresh."""
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, scores: Tensor, max_per_class: int, iou_thresh: float,  # type: ignore[override]
+                score_thresh: float) -> Tensor:
+        rows = []
+        for b in range(scores.shape[0]):
+            for c in range(scores.shape[1]):
+                candidates = torch.nonzero(scores[b, c] > score_thresh).flatten()
+                keep = candidates[nms(boxes[b, candidates], scores[b, c, candidates], iou_thresh)][:max_per_class]
+                rows.append(torch.stack([torch.full_like(keep, b), torch.full_like(keep, c), keep], dim=1))
+        return torch.cat(rows) if rows else torch.zeros((0, 3), dtype=torch.int64)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_per_class: int, iou_thresh: float, score_thresh: float):  # noqa: ANN001
+        return g.op("NonMaxSuppression", boxes, scores,
+                    g.op("Constant", value_t=torch.tensor([max_per_class], dtype=torch.int64)),
+                    g.op("Constant", value_t=torch.tensor([iou_thresh], dtype=torch.float32)),
+                    g.op("Constant", value_t=torch.tensor([score_thresh], dtype=torch.float32)),
+                    center_point_box_i=0)
+
+
+def model_anchors(ssd: nn.Module, img_size: int) -> Tensor:
+    """The SSD's default boxes for an img_size x img_size input: (A, 4) float32 xyxy pixels (same for every image)."""
+    was_training = ssd.training
+    ssd.eval()
+    try:
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, img_size, img_size, device=next(ssd.parameters()).device)
+            features = ssd.backbone(probe)
+            features = list(features.values()) if isinstance(features, dict) else [features]
+            anchors = ssd.anchor_generator(ImageList(probe, [(img_size, img_size)]), features)[0]
+    finally:
+        ssd.train(was_training)
+    return anchors.float()
+
+
+class ExportableSSD(nn.Module):
+    """A Detector's SSD as one batched graph; see the module docstring for inputs and outputs.
+
+    score_thresh, iou_thresh, max_det: post-processing baked into the graph (torchvision's
+    score_thresh, nms_thresh, detections_per_img); topk_candidates: per-class pre-NMS limit
+    (default: the model's own).
+    """
+
+    def __init__(self, detector: nn.Module, *, score_thresh: float, iou_thresh: float, max_det: int,
+                 topk_candidates: int | None = None) -> None:
+        super().__init__()
+        ssd = detector.model
+        self.img_size = int(detector.img_size)
+        self.backbone, self.head = ssd.backbone, ssd.head
+        self.register_buffer("mean", torch.tensor(ssd.transform.image_mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(ssd.transform.image_std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("anchors", model_anchors(ssd, self.img_size))
+        self.box_weights = tuple(float(w) for w in ssd.box_coder.weights)
+        self.xform_clip = float(ssd.box_coder.bbox_xform_clip)
+        self.num_classes = int(detector.num_classes)
+        self.score_thresh, self.iou_thresh, self.max_det = float(score_thresh), float(iou_thresh), int(max_det)
+        self.topk_candidates = int(topk_candidates if topk_candidates is not None else ssd.topk_candidates)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """(B, A, 4) regression codes -> (B, A, 4) xyxy pixels, clipped to the image (torchvision's decode_single)."""
+        a = self.anchors
+        widths, heights = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
+        ctr_x, ctr_y = a[:, 0] + 0.5 * widths, a[:, 1] + 0.5 * heights
+        wx, wy, ww, wh = self.box_weights
+        dx, dy = codes[..., 0] / wx, codes[..., 1] / wy
+        dw = torch.clamp(codes[..., 2] / ww, max=self.xform_clip)
+        dh = torch.clamp(codes[..., 3] / wh, max=self.xform_clip)
+        pred_ctr_x, pred_ctr_y = dx * widths + ctr_x, dy * heights + ctr_y
+        half_w, half_h = 0.5 * (torch.exp(dw) * widths), 0.5 * (torch.exp(dh) * heights)
+        boxes = torch.stack([pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h], -1)
+        return boxes.clamp(min=0.0, max=float(self.img_size))
+
+    def raw(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Before post-processing: boxes (B, A, 4) xyxy pixels for every anchor, scores (B, A, C) without background."""
+        features = self.backbone((images - self.mean) / self.std)
+        features = list(features.values()) if isinstance(features, dict) else [features]
+        out = self.head(features)
+        return self.decode(out["bbox_regression"]), F.softmax(out["cls_logits"], dim=-1)[..., 1:]
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.postprocess(*self.raw(images))
+
+    def postprocess(self, boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """boxes (B, A, 4), scores (B, A, C) -> the four outputs (see the module docstring)."""
+        num_anchors, num_classes = int(scores.shape[1]), int(scores.shape[2])
+        by_class = scores.transpose(1, 2)  # (B, C, A)
+        top_scores, top_index = by_class.topk(min(self.topk_candidates, num_anchors), dim=2)
+        candidates = torch.zeros_like(by_class).scatter(2, top_index, top_scores)
+        selected = MultiClassNMS.apply(boxes, candidates, self.max_det, self.iou_thresh, self.score_thresh)
+        flat = (selected[:, 0] * num_classes + selected[:, 1]) * num_anchors + selected[:, 2]
+        table = candidates.reshape(-1)
+        dense = torch.full_like(table, -1.0).scatter(0, flat, table[flat]).reshape(-1, num_classes * num_anchors)
+        best, index = dense.topk(min(self.max_det, num_classes * num_anchors), dim=1)  # (B, K), by score
+        valid = best >= 0
+        labels = torch.div(index, num_anchors, rounding_mode="floor")
+        anchor = index - labels * num_anchors
+        det_boxes = torch.gather(boxes, 1, anchor.unsqueeze(-1).repeat(1, 1, 4))
+        det_boxes = torch.where(valid.unsqueeze(-1), det_boxes, torch.zeros_like(det_boxes))
+        det_scores = torch.where(valid, best, torch.zeros_like(best))
+        det_labels = torch.where(valid, labels, torch.full_like(labels, -1))
+        return det_boxes, det_scores, det_labels, valid.sum(dim=1)
+
+
+class RawOutputs(nn.Module):
+    """`ExportableSSD.raw` as a module of its own (the parity check exports it to compare the network alone)."""
+
+    def __init__(self, graph: ExportableSSD) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return self.graph.raw(images)

@@ -1,0 +1,162 @@
+"""`export_onnx`: a boxforge checkpoint -> one ONNX file with pre-processing metadata and NMS in the graph.
+
+The graph (see graph.py) takes `images (B, 3, S, S)` float32 RGB in 0..1, resized to S x S (aspect
+ratio not kept, no letterbox: what training did), and returns `boxes (B, K, 4)` xyxy in input pixels,
+`scores (B, K)`, `labels (B, K)` int64 0-based, `num_detections (B,)`. Everything a runtime needs to
+feed it and read it is in the model's metadata (`onnx.load(path).metadata_props`): img_size,
+class_names (JSON), normalization (JSON: applied inside the graph, for information), postprocess (JSON),
+boxforge_version, model_name.
+
+Exported with the TorchScript-based exporter (`dynamo=False`): it maps our NMS onto the standard
+ONNX NonMaxSuppression op (opset >= 11; default 17), which every runtime implements. After writing,
+the export runs both the checkpoint and the file on a few images and compares the detections
+(parity.py); a mismatch is an error and leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from boxforge.errors import BoxforgeError
+from boxforge.export.graph import ExportableSSD
+from boxforge.export.parity import ParityReport, check_parity
+from boxforge.models import get_model
+from boxforge.predictor import ModelMeta, load_detector
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 11
+OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
+INPUT_FORMAT = ("images: (B, 3, S, S) float32 RGB in 0..1, the picture resized to S x S (aspect ratio not kept, "
+                "no letterbox); mean/std normalisation happens inside the graph")
+OUTPUT_FORMAT = ("boxes (B, K, 4) float32 xyxy in input pixels; scores (B, K) float32; labels (B, K) int64, "
+                 "0-based into class_names; num_detections (B,) int64: rows past it are padding "
+                 "(zero box and score, label -1); rows sorted by score")
+
+
+class ExportError(BoxforgeError):
+    """The model could not be exported, or the exported file does not behave like the checkpoint."""
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    img_size: int
+    opset: int
+    dynamic_batch: bool
+    postprocess: dict
+    weights: str
+    parity: ParityReport | None
+    size_bytes: int
+
+    def summary(self) -> str:
+        batch = "dynamic batch" if self.dynamic_batch else "batch 1"
+        lines = [f"exported {self.path} ({self.size_bytes / 1e6:.1f} MB, opset {self.opset}, input (B, 3, "
+                 f"{self.img_size}, {self.img_size}), {batch}, {self.weights} weights)",
+                 "  in-graph post-processing: " + ", ".join(f"{k} {v}" for k, v in self.postprocess.items())]
+        if self.parity is not None:
+            lines.append("  " + self.parity.summary())
+        return "\n".join(lines)
+
+
+def _rebuild_at(model: torch.nn.Module, meta: ModelMeta, img_size: int) -> torch.nn.Module:
+    """The same weights in the architecture built for `img_size` (anchors and input size follow it)."""
+    args = dict(model.build_args, img_size=img_size)
+    try:
+        resized = get_model(meta.model_name, **args)
+    except ValueError as exc:
+        raise ExportError(f"--img-size {img_size}: {exc}") from exc
+    resized.load_state_dict(model.state_dict())
+    resized.set_postprocess(**model.postprocess_settings())
+    return resized.eval()
+
+
+def export_onnx(weights: str | Path, out: str | Path, *, img_size: int | None = None, opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = False, score_thresh: float = 0.001, iou_thresh: float | None = None,
+                max_det: int = 100, check_images: list[str | Path] | None = None, check: bool = True,
+                prefer_ema: bool = True) -> ExportReport:
+    """Export the checkpoint `weights` to `out` (.onnx) and check it against the checkpoint.
+
+    score_thresh, iou_thresh (NMS; default: the model's), max_det: baked into the graph. The defaults
+    suit evaluation (mAP wants low-score detections); `predict` filters higher thresholds afterwards.
+    check_images: image files for the parity check (default: 4 synthetic images).
+    """
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset}: NonMaxSuppression with these inputs needs opset >= {MIN_OPSET}")
+    if not 0.0 <= score_thresh < 1.0 or max_det < 1:
+        raise ExportError(f"score_thresh {score_thresh} must be in [0, 1) and max_det {max_det} >= 1")
+    out = Path(out)
+    model, meta = load_detector(weights, "cpu", prefer_ema=prefer_ema)
+    size = int(img_size or meta.img_size)
+    if size != model.img_size:
+        model = _rebuild_at(model, meta, size)
+    settings = {"score_thresh": float(score_thresh), "nms_thresh": float(iou_thresh if iou_thresh is not None
+                                                                           else model.model.nms_thresh),
+                "detections_per_img": int(max_det), "topk_candidates": int(model.model.topk_candidates)}
+    if not 0.0 < settings["nms_thresh"] <= 1.0:
+        raise ExportError(f"iou_thresh {settings['nms_thresh']} must be in (0, 1]")
+    model.set_postprocess(**settings)
+    graph = ExportableSSD(model, score_thresh=settings["score_thresh"], iou_thresh=settings["nms_thresh"],
+                          max_det=settings["detections_per_img"], topk_candidates=settings["topk_candidates"]).eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".onnx", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        _trace(graph, tmp, size, opset, dynamic_batch)
+        _write_metadata(tmp, meta, model, size, settings)
+        parity = None
+        if check:
+            parity = check_parity(model, graph, tmp, size, check_images)
+            if not parity.ok:
+                raise ExportError(f"{out}: parity check failed, the ONNX model does not reproduce the checkpoint: "
+                                  f"{parity.summary()}")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportReport(out, size, opset, dynamic_batch, settings, meta.weights, parity, out.stat().st_size)
+
+
+def _trace(graph: ExportableSSD, path: Path, size: int, opset: int, dynamic_batch: bool) -> None:
+    example = torch.rand(2 if dynamic_batch else 1, 3, size, size)
+    axes = {name: {0: "batch"} for name in ("images", *OUTPUT_NAMES)} if dynamic_batch else None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+        try:
+            torch.onnx.export(graph, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=["images"], output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
+                              do_constant_folding=True)
+        except Exception as exc:  # the exporter raises many types; one line is what the user needs
+            raise ExportError(f"ONNX export failed (opset {opset}): {str(exc).splitlines()[0]}") from exc
+
+
+def _write_metadata(path: Path, meta: ModelMeta, model: torch.nn.Module, size: int, settings: dict) -> None:
+    import onnx
+
+    from boxforge import __version__
+
+    proto = onnx.load(str(path))
+    transform = model.model.transform
+    props = {
+        "boxforge_version": __version__, "model_name": meta.model_name, "img_size": str(size),
+        "class_names": json.dumps(list(meta.class_names)), "num_classes": str(len(meta.class_names)),
+        "input_format": INPUT_FORMAT, "output_format": OUTPUT_FORMAT,
+        "normalization": json.dumps({"input_range": "0..1 RGB", "applied_in_graph": True,
+                                     "mean": [float(v) for v in transform.image_mean],
+                                     "std": [float(v) for v in transform.image_std]}),
+        "postprocess": json.dumps(settings), "weights": meta.weights, "source": meta.source.name,
+    }
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name, proto.producer_version = "boxforge", __version__
+    proto.doc_string = f"boxforge {meta.model_name} detector, classes {', '.join(meta.class_names)}. {INPUT_FORMAT}"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
