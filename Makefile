@@ -19,15 +19,19 @@ $(STAMP): pyproject.toml Makefile
 test: install
 	$(BIN)/python -m pytest -q
 
-# The main job on the built-in default: synthesize, check, convert (training and evaluation join as they land).
+# The main job on the built-in default: synthesize, check, train, evaluate, predict, export, plot.
+DEMO := demo-out
 demo: install
-	rm -rf demo-out
-	$(BIN)/boxforge synth demo-out/data --images 200 --classes 3 --seed 0
-	$(BIN)/boxforge check demo-out/data --json demo-out/check.json
-	$(BIN)/boxforge convert demo-out/data demo-out/coco --to coco
-	$(BIN)/boxforge convert demo-out/data demo-out/yolo --to yolo
-	$(BIN)/boxforge check demo-out/yolo --split test
-	@echo "demo outputs: demo-out/data (VOC), demo-out/coco, demo-out/yolo, demo-out/check.json"
+	rm -rf $(DEMO)
+	$(BIN)/boxforge synth $(DEMO)/data --images 300 --classes 3 --seed 0
+	$(BIN)/boxforge check $(DEMO)/data --json $(DEMO)/check.json --plots $(DEMO)/check-plots
+	$(BIN)/boxforge convert $(DEMO)/data $(DEMO)/coco --to coco
+	$(BIN)/boxforge train --data $(DEMO)/data --model ssd_tiny --img-size 256 --time 4 --val-every 4 --log-every 15 --out $(DEMO)/run
+	$(BIN)/boxforge eval --data $(DEMO)/data --split test --weights $(DEMO)/run/best.pt --metric all --json $(DEMO)/eval.json
+	$(BIN)/boxforge predict --weights $(DEMO)/run/best.pt $(DEMO)/data/JPEGImages/00000[0-7].jpg --out $(DEMO)/predict --json $(DEMO)/predict/predictions.json
+	$(BIN)/boxforge export --weights $(DEMO)/run/best.pt --out $(DEMO)/model.onnx
+	$(BIN)/boxforge plot $(DEMO)/run --out $(DEMO)/plots
+	@echo "demo outputs in $(DEMO)/: check.json, check-plots/, run/ (best.pt, metrics.jsonl), eval.json, predict/, model.onnx, plots/"
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

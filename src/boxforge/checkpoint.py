@@ -105,7 +105,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise CheckpointError(f"{path}: refused: the file needs pickled code to load, which weights_only=True "
                                   f"forbids ({found})") from exc
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or not a torch file)") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt): "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     if not isinstance(state, dict):
