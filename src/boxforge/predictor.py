@@ -100,12 +100,10 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu", *,
     return model, meta
 
 
-class TorchBackend:
-    """A Detector in eval mode. Post-processing settings are the Detector's (see `configure`)."""
+class _Backend:
+    """What both backends share: class names and input size come from their `meta`."""
 
-    def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: torch.device) -> None:
-        self.model, self.meta, self.device = model, meta, device
-        self.notes: list[str] = []  # what the user should know about the settings in effect
+    meta: ModelMeta
 
     @property
     def classes(self) -> list[str]:
@@ -114,6 +112,14 @@ class TorchBackend:
     @property
     def img_size(self) -> int:
         return self.meta.img_size
+
+
+class TorchBackend(_Backend):
+    """A Detector in eval mode. Post-processing settings are the Detector's (see `configure`)."""
+
+    def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: torch.device) -> None:
+        self.model, self.meta, self.device = model, meta, device
+        self.notes: list[str] = []  # what the user should know about the settings in effect
 
     def configure(self, *, score_thresh: float | None = None, iou_thresh: float | None = None,
                   max_det: int | None = None) -> None:
@@ -128,7 +134,7 @@ class TorchBackend:
                  d["labels"].cpu().numpy().astype(np.int64)) for d in outputs]
 
 
-class OnnxBackend:
+class OnnxBackend(_Backend):
     """An exported `.onnx` run with onnxruntime. NMS is inside the graph with the thresholds baked in
     at export; `configure` can only tighten them (higher score threshold, fewer detections) and says so in
     `notes` when asked for more."""
@@ -162,14 +168,6 @@ class OnnxBackend:
         self.fixed_batch = dim if isinstance(dim, int) else None
         self.score_thresh = float(baked.get("score_thresh", 0.0))
         self.max_det = int(baked.get("detections_per_img", 10**9))
-
-    @property
-    def classes(self) -> list[str]:
-        return self.meta.class_names
-
-    @property
-    def img_size(self) -> int:
-        return self.meta.img_size
 
     def configure(self, *, score_thresh: float | None = None, iou_thresh: float | None = None,
                   max_det: int | None = None) -> None:
