@@ -17,8 +17,12 @@ def machine() -> dict[str, Any]:
     import numpy
     import torch
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": numpy.__version__, "threads": torch.get_num_threads()}
+    facts = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+             "python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+             "threads": torch.get_num_threads(), "load_avg_1m_at_write": round(os.getloadavg()[0], 2)}
+    if os.environ.get("BENCH_NOTE"):  # e.g. "2 cores shared with other jobs during this run"
+        facts["note"] = os.environ["BENCH_NOTE"]
+    return facts
 
 
 def timed(fn: Callable[[], Any], repeats: int = 3) -> dict[str, float]:

@@ -20,6 +20,9 @@ def check(data: str | Path | list[str | Path] | DatasetIndex, *, split: str | No
           format: str | None = None, deep: bool = False) -> CheckReport:
     """Find every problem in DATA that would crash or spoil training. See `CheckReport`."""
     index = data if isinstance(data, DatasetIndex) else load_dataset(data, split=split, format=format)
+    if index.format == "pack":
+        raise BoxforgeError(f"{index.root} is a boxforge pack: check the dataset it was packed from "
+                            f"({index.meta.get('pack_source')}); a pack verifies each image's CRC-32 as it is read")
     return check_dataset(index, deep=deep)
 
 
@@ -28,6 +31,15 @@ def convert(data: str | Path | list[str | Path] | DatasetIndex, out: str | Path,
     """Write DATA to the new folder OUT as `to` (voc, coco, yolo, txt)."""
     index = data if isinstance(data, DatasetIndex) else load_dataset(data, split=split, format=format)
     return _convert(index, Path(out), to)
+
+
+def pack(data: str | Path | list[str | Path] | DatasetIndex, out: str | Path, *, max_side: int | None = None,
+         split: str | None = None, format: str | None = None):
+    """Decode DATA once into the pack folder OUT (memory-mapped pixels, CRC-32 per sample); returns a PackReport."""
+    from boxforge.data.pack import write_pack
+
+    index = data if isinstance(data, DatasetIndex) else load_dataset(data, split=split, format=format)
+    return write_pack(index, out, max_side=max_side)
 
 
 def synth(out: str | Path, *, images: int = 200, classes: int = 3, seed: int = 0, format: str = "voc",
@@ -66,21 +78,45 @@ def evaluate(data, *, weights: str | Path | None = None, predictions: str | Path
     """mAP (VOC07, VOC12, COCO) of `weights` (checkpoint or .onnx, run on the images) or of a `predictions` file.
 
     options: split, format, metrics ("all" or voc07/voc12/coco), iou_thresh, batch_size, device, workers,
-    save_predictions_to, prefer_ema, progress. Returns an EvalReport (`.results`, `.to_json()`).
+    save_predictions_to, prefer_ema, progress, plots (a folder for PR curves and the table as PNG).
+    Returns an EvalReport (`.results`, `.to_json()`, `.plots`).
     """
     from boxforge.evaluating import evaluate as _evaluate
 
+    task = options.pop("task", None)
+    if task == "classify" or (task is None and weights is not None and _task_of(weights) == "classify"):
+        from boxforge.classifying import evaluate_classifier
+
+        if weights is None:
+            raise BoxforgeError("eval --task classify needs --weights (a checkpoint or .onnx classifier)")
+        keep = ("split", "format", "batch_size", "device", "workers", "prefer_ema", "progress")
+        return evaluate_classifier(data, weights=weights, **{k: v for k, v in options.items() if k in keep})
     return _evaluate(data, weights=weights, predictions=predictions, **options)
+
+
+def _task_of(weights: str | Path) -> str:
+    """"classify" or "detect": what a checkpoint or exported ONNX file holds (eval/predict/export route on it)."""
+    from boxforge.classifier import model_task
+
+    return model_task(weights)
 
 
 def predict(weights: str | Path, sources, **options):
     """Detect objects in image files, folders or globs; draw them and write the predictions file.
+    A classifier checkpoint or .onnx gives the top_k (default 5) classes with probabilities instead.
 
     options: out, score_thresh, iou_thresh, max_det, json_path, per_class_json, draw, batch_size, device,
     workers, prefer_ema, progress. Returns a PredictReport.
     """
     from boxforge.predicting import predict_sources
 
+    if _task_of(weights) == "classify":  # top-k classes with probabilities instead of boxes
+        from boxforge.classifying import predict_classes
+
+        keep = ("out", "top_k", "json_path", "batch_size", "device", "workers", "prefer_ema")
+        return predict_classes(weights, [sources] if isinstance(sources, (str, Path)) else list(sources),
+                               **{k: v for k, v in options.items() if k in keep})
+    options.pop("top_k", None)
     return predict_sources(weights, [sources] if isinstance(sources, (str, Path)) else list(sources), **options)
 
 
@@ -92,7 +128,25 @@ def export_onnx(weights: str | Path, out: str | Path, **options):
     """
     from boxforge.export import export_onnx as _export_onnx
 
+    if _task_of(weights) == "classify":  # softmax in the graph instead of NMS
+        from boxforge.export.classifier import export_classifier
+
+        keep = ("img_size", "opset", "dynamic_batch", "check_images", "check", "prefer_ema")
+        return export_classifier(weights, out, **{k: v for k, v in options.items() if k in keep})
     return _export_onnx(weights, out, **options)
 
 
+def report(run_dir: str | Path, *, device: str = "auto", images: int = 6) -> Path:
+    """(Re)write RUN_DIR/report.html, the self-contained page `train` writes at the end of a run: settings,
+    dataset, curves, the best checkpoint's evaluation table and PR curves, drawn validation images.
+
+    Returns its path. See boxforge/report.py.
+    """
+    from boxforge.report import write_report
+
+    return write_report(run_dir, device=device, images=images)
+
+
 __all__ += ["evaluate", "export_onnx", "predict"]
+__all__ += ["report"]
+__all__ += ["pack"]

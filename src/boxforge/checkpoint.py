@@ -61,7 +61,22 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
                                 f"({exc})") from exc
         raise CheckpointError(f"{path}: could not save the checkpoint: {exc}") from exc
     _fsync_dir(path.parent)
+    _remove_stale_temps(path)
     return path
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete `.NAME.tmp-PID` files that a process killed mid-save left behind (its PID no longer runs)."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _remove_quietly(tmp)
+        except OSError:
+            continue
 
 
 def _is_disk_full(exc: BaseException) -> bool:

@@ -53,10 +53,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=TARGETS, default="voc")
     p.add_argument("--task", choices=("detect", "classify"), default="detect")
+    p = sub.add_parser("pack", help="decode a detection dataset once into a memory-mapped, checksummed cache",
+                       description="Write DATA's decoded (optionally pre-resized) images and index into the new "
+                                   "folder OUT; `train --data OUT` then reads it without decoding any JPEG.")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("out", type=Path, metavar="OUT")
+    p.add_argument("--max-side", type=int, metavar="PX", help="pre-resize so the longer side is at most PX "
+                   "(boxes scaled to match); default: keep the decoded size")
+    _data_args(p)
     _train_parser(sub)
     _plot_parser(sub)
     _inference_parsers(sub)
+    _prepare_parser(sub)
     return parser
+
+
+def _prepare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="turn a downloaded dataset's layout into one boxforge reads (imagenet)",
+                       description="prepare imagenet: sort the ILSVRC2012 validation images into one folder per "
+                                   "WordNet id (moves, never copies or deletes; a manifest allows --undo) and "
+                                   "unpack the per-class train tars. A second run changes nothing.")
+    p.add_argument("dataset", choices=("imagenet",))
+    p.add_argument("--devkit", type=Path, metavar="DEVKIT", help="ILSVRC2012_devkit_t12 folder or its .tar.gz")
+    p.add_argument("--val", type=Path, metavar="VAL_DIR", help="folder of the 50,000 flat validation JPEGs")
+    p.add_argument("--train", type=Path, metavar="TRAIN_DIR", help="folder of the <wnid>.tar class archives")
+    p.add_argument("--undo", type=Path, metavar="MANIFEST", help="move the validation images back (VAL_DIR/"
+                   "boxforge-prepare-manifest.json)")
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -72,6 +94,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val", help="validation dataset, or a split name of DATA (default: val, else test)")
     p.add_argument("--format", choices=FORMATS)
     p.add_argument("--model", choices=sorted(MODELS), help="default: ssd_tiny")
+    p.add_argument("--task", choices=("detect", "classify"), help="default: the model's (classifiers: mobilenet_v2, "
+                   "shufflenet_v2_x1_0, resnet18, resnet50)")
     p.add_argument("--out", help="run directory (default: runs/train)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int)
@@ -88,10 +112,23 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: cores / local ranks)")
+    p.add_argument("--anchors", choices=("default", "auto"),
+                   help="auto: default boxes fitted to the training boxes by k-means (ssd_tiny, ssd_mobilenet_fpn)")
+    p.add_argument("--sync-bn", action="store_true", default=None,
+                   help="torchrun: BatchNorm over the whole global batch, so N ranks train as one process")
     p.add_argument("--amp", action="store_true", default=None, help="float16 on CUDA, bfloat16 on CPU")
     p.add_argument("--ema", action="store_true", default=None, help="keep an EMA of the weights for validation")
     p.add_argument("--accumulate", type=int, help="batches per optimizer step")
-    p.add_argument("--clip-grad", type=float)
+    p.add_argument("--clip-grad", type=float, help="max gradient norm (default 10; 0 turns clipping off)")
+    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    p.add_argument("--milestones", type=float, nargs="+", metavar="FRACTION",
+                   help="multistep schedule: fractions of the run where the LR drops (default 0.67 0.89)")
+    p.add_argument("--gamma", type=float, help="multistep schedule: LR factor at each milestone (default 0.1)")
+    p.add_argument("--ema-decay", type=float, help="EMA decay per step (default 0.999)")
+    p.add_argument("--max-nonfinite", type=int, metavar="N",
+                   help="stop after N non-finite losses in a row (default 5); single ones skip the step")
+    p.add_argument("--strict-data", action="store_true", default=None,
+                   help="stop at the first unreadable sample instead of skipping it with a warning")
     p.add_argument("--weights", help="torchvision weight name (COCO_V1), a .pt/.pth file or a boxforge checkpoint")
     p.add_argument("--weights-backbone", help="torchvision weight name (IMAGENET1K_V1) or a file")
     p.add_argument("--freeze", choices=("backbone",))
@@ -101,7 +138,22 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", type=int, metavar="K", help="snapshots to keep (default 3)")
     p.add_argument("--val-every", type=int, metavar="N", help="validate every N epochs (default 1)")
     p.add_argument("--stall-timeout", type=float, metavar="SECONDS", help="watchdog limit (default 300)")
+    p.add_argument("--on-disk-full", choices=("stop", "continue"),
+                   help="when a checkpoint cannot be saved for lack of space: stop (default; exit status 2) or "
+                        "continue training without that save; the previous checkpoint stays intact either way")
     p.add_argument("--log-every", type=int, metavar="N")
+    p.add_argument("--tensorboard", action="store_true", default=None, help="also log the metrics.jsonl scalars "
+                   "to OUT/tensorboard (needs: pip install 'boxforge[tensorboard]')")
+    p.add_argument("--no-report", dest="report", action="store_false", default=None,
+                   help="do not write OUT/report.html at the end (settings, data, curves, evaluation, predictions)")
+    cls = p.add_argument_group("classification recipe (torchvision references; classifiers only)")
+    cls.add_argument("--label-smoothing", type=float, metavar="EPS", help="e.g. 0.1 (default 0)")
+    cls.add_argument("--mixup-alpha", type=float, metavar="A", help="MixUp on batches, e.g. 0.2 (default off)")
+    cls.add_argument("--cutmix-alpha", type=float, metavar="A", help="CutMix on batches, e.g. 1.0 (default off)")
+    cls.add_argument("--auto-augment", choices=("autoaugment", "randaugment", "trivialaugment", "augmix"))
+    cls.add_argument("--random-erase", type=float, metavar="P", help="RandomErasing probability (default 0)")
+    cls.add_argument("--crop-scale", type=float, metavar="S", help="smallest area fraction RandomResizedCrop "
+                     "keeps (default 0.08; raise it for small images)")
     p.add_argument("--config", type=Path, metavar="FILE.yaml", help="defaults for any of these settings")
 
 
@@ -114,6 +166,9 @@ def _plot_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smooth", type=int, default=20, metavar="N", help="running-mean window in points (default 20)")
     p.add_argument("--from-step", type=int, metavar="A", help="first step (darknet: iteration) to plot")
     p.add_argument("--to-step", type=int, metavar="B", help="last step (darknet: iteration) to plot")
+    p.add_argument("--report", action="store_true", help="a boxforge run only: also (re)write RUN_DIR/report.html "
+                   "(settings, dataset, curves, best.pt's evaluation table and PR curves, drawn validation images; "
+                   "one self-contained file)")
 
 
 def _run_plot(args: argparse.Namespace) -> int:
@@ -121,6 +176,11 @@ def _run_plot(args: argparse.Namespace) -> int:
 
     report = plot_log(args.source, args.out, smooth=args.smooth, from_step=args.from_step, to_step=args.to_step)
     print(report.summary())
+    if args.report:
+        if report.kind != "boxforge":
+            raise BoxforgeError(f"--report: {args.source} is a {report.kind} log; a report needs a boxforge run "
+                                "directory")
+        print(f"report written to {api.report(report.source.parent)}")
     return EXIT_OK
 
 
@@ -138,9 +198,13 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--weights", type=Path, metavar="CKPT_OR_ONNX")
     source.add_argument("--predictions", type=Path, metavar="FILE")
     p.add_argument("--metric", nargs="+", default=["all"], choices=("voc07", "voc12", "coco", "all"))
+    p.add_argument("--task", choices=("detect", "classify"), help="default: what --weights holds; classify "
+                   "reports loss, Acc@1, Acc@5 (per-class accuracy and the confusion matrix in --json)")
     p.add_argument("--iou-thresh", type=float, default=0.5, help="VOC match IoU (default 0.5; COCO uses .50:.95)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
     p.add_argument("--save-predictions", type=Path, metavar="FILE", help="with --weights: keep the predictions")
+    p.add_argument("--plots", type=Path, metavar="DIR", help="also draw per-class precision/recall curves "
+                   "(pr_voc.png, pr_coco.png at IoU .50 and .50:.95, with CSVs) and the table as table.png into DIR")
     _model_run_args(p)
 
     p = sub.add_parser("predict", help="detect objects in images; draw them and write a predictions file",
@@ -155,6 +219,7 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-det", type=int, default=100, help="detections per image at most")
     p.add_argument("--json", type=Path, metavar="FILE", help="predictions file (default OUT/predictions.json)")
     p.add_argument("--per-class-json", action="store_true", help="also OUT/per_class/<class>.json")
+    p.add_argument("--top-k", type=int, default=5, help="classifiers: classes per image, with probabilities")
     p.add_argument("--no-draw", action="store_true", help="do not write drawn images")
     _model_run_args(p)
 
@@ -197,16 +262,19 @@ def _run_eval(args: argparse.Namespace) -> int:
     report = api.evaluate(data, weights=args.weights, predictions=args.predictions, split=args.split,
                           format=args.format, metrics=args.metric, iou_thresh=args.iou_thresh,
                           batch_size=args.batch_size, device=args.device, workers=args.workers,
-                          save_predictions_to=args.save_predictions, prefer_ema=not args.no_ema)
+                          save_predictions_to=args.save_predictions, prefer_ema=not args.no_ema,
+                          plots=args.plots, task=args.task)
     _print_notes(report.notes)
     for reason in report.skipped[:10]:
         print(f"skipped: {reason}", file=sys.stderr)
     print(report.header())
-    print(format_table(report.results))
+    print(report.table() if getattr(report, "task", "detect") == "classify" else format_table(report.results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
         print(f"results written to {args.json}")
+    for path in report.plots:
+        print(f"plot written to {path}")
     return EXIT_OK
 
 
@@ -214,7 +282,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     report = api.predict(args.weights, args.sources, out=args.out, score_thresh=args.score_thresh,
                          iou_thresh=args.iou_thresh, max_det=args.max_det, json_path=args.json,
                          per_class_json=args.per_class_json, draw=not args.no_draw, batch_size=args.batch_size,
-                         device=args.device, workers=args.workers, prefer_ema=not args.no_ema)
+                         device=args.device, workers=args.workers, prefer_ema=not args.no_ema, top_k=args.top_k)
     print(report.summary())
     return EXIT_PROBLEMS if report.skipped and not report.images else EXIT_OK
 
@@ -234,7 +302,8 @@ def _run_train(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     cfg = make_config(settings, args.config)
     result = api.train(cfg)
-    best = f", best VOC12 mAP {result.best_metric:.4f} ({result.best})" if result.best_metric is not None else ""
+    best = (f", best {result.best_label} {result.best_metric:.4f} ({result.best})"
+            if result.best_metric is not None else "")
     print(f"done: {result.global_step} steps, {result.epochs_done} epochs; last checkpoint {result.last}{best}")
     return EXIT_OK
 
@@ -276,6 +345,12 @@ def _run_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_pack(args: argparse.Namespace) -> int:
+    report = api.pack(args.data, args.out, max_side=args.max_side, split=args.split, format=args.format)
+    print(report.summary())
+    return EXIT_OK
+
+
 def _run_synth(args: argparse.Namespace) -> int:
     index = api.synth(args.out, images=args.images, classes=args.classes, seed=args.seed, format=args.format,
                       task=args.task)
@@ -287,6 +362,23 @@ def _run_synth(args: argparse.Namespace) -> int:
 COMMANDS = {"check": _run_check, "convert": _run_convert, "synth": _run_synth, "train": _run_train,
             "plot": _run_plot}
 COMMANDS.update({"eval": _run_eval, "predict": _run_predict, "export": _run_export})
+COMMANDS["pack"] = _run_pack
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from boxforge.prepare import prepare_imagenet, undo_imagenet
+
+    if args.undo:
+        restored, already = undo_imagenet(args.undo)
+        print(f"restored {restored} validation images to the flat folder ({already} were already there)")
+        return EXIT_OK
+    if args.devkit is None:
+        raise BoxforgeError("prepare imagenet needs --devkit DEVKIT (or --undo MANIFEST)")
+    print(prepare_imagenet(args.devkit, val=args.val, train=args.train).summary())
+    return EXIT_OK
+
+
+COMMANDS["prepare"] = _run_prepare
 
 
 def main(argv: list[str] | None = None) -> int:

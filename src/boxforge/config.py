@@ -17,6 +17,8 @@ from boxforge.errors import BoxforgeError
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "multistep", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+ANCHORS = ("default", "auto")
+AUTO_AUGMENTS = ("autoaugment", "randaugment", "trivialaugment", "augmix")  # as data/transforms.py
 
 
 @dataclass
@@ -60,10 +62,22 @@ class TrainConfig:
     keep: int = 3
     val_every: int = 1  # epochs
     stall_timeout: float = 300.0
+    on_disk_full: str = "stop"  # a checkpoint save that finds the disk full: "stop" the run, or "continue" unsaved
     log_every: int = 10
     max_nonfinite: int = 5
     threads: int | None = None
     strict_data: bool = False
+    tensorboard: bool = False  # also log metrics.jsonl's scalars to RUN_DIR/tensorboard (optional package)
+    report: bool = True  # write RUN_DIR/report.html when the run ends (main rank)
+    anchors: str = "default"  # or "auto": default boxes fitted to the training boxes (k-means, 1 - IoU)
+    sync_bn: bool = False  # torchrun: BatchNorm statistics over all ranks (torchvision references' --sync-bn)
+    # Classification recipe (torchvision references/classification); ignored by detectors.
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0  # 0: off
+    cutmix_alpha: float = 0.0  # 0: off; with both on, each batch uses one of the two
+    auto_augment: str | None = None  # autoaugment, randaugment, trivialaugment, augmix
+    random_erase: float = 0.0  # probability of RandomErasing per image
+    crop_scale: float = 0.08  # smallest image-area fraction RandomResizedCrop keeps (torchvision: 0.08)
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -74,6 +88,21 @@ class TrainConfig:
             raise BoxforgeError(f"--device {self.device!r}; choose one of: {', '.join(DEVICES)}")
         if sum(x is not None for x in (self.epochs, self.iterations, self.time)) > 1:
             raise BoxforgeError("give at most one of --epochs, --iterations, --time")
+        if self.task not in (None, "detect", "classify"):
+            raise BoxforgeError(f"--task {self.task!r}; choose one of: detect, classify")
+        if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.random_erase <= 1.0:
+            raise BoxforgeError(f"--label-smoothing {self.label_smoothing} must be in [0, 1) and "
+                                f"--random-erase {self.random_erase} in [0, 1]")
+        if self.auto_augment not in (None, *AUTO_AUGMENTS):
+            raise BoxforgeError(f"--auto-augment {self.auto_augment!r}; choose one of: {', '.join(AUTO_AUGMENTS)}")
+        if not 0.0 < self.crop_scale <= 1.0:
+            raise BoxforgeError(f"--crop-scale {self.crop_scale}: allowed 0 < scale <= 1")
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            raise BoxforgeError("--mixup-alpha and --cutmix-alpha must be >= 0 (0 turns them off)")
+        if self.anchors not in ANCHORS:
+            raise BoxforgeError(f"--anchors {self.anchors!r}; choose one of: {', '.join(ANCHORS)}")
+        if self.on_disk_full not in ("stop", "continue"):
+            raise BoxforgeError(f"--on-disk-full {self.on_disk_full!r}; choose one of: stop, continue")
         if self.freeze not in (None, "backbone"):
             raise BoxforgeError(f"--freeze {self.freeze!r}; the only choice is: backbone")
         for name in ("batch_size", "accumulate", "keep", "val_every", "log_every"):

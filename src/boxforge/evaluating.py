@@ -41,6 +41,7 @@ class EvalReport:
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    plots: list[Path] = field(default_factory=list)  # with plots=DIR: PR curves, table.png and their CSVs
 
     def header(self) -> str:
         split = f" split {self.split}" if self.split else " (all images)"
@@ -131,10 +132,11 @@ def evaluate(data: str | Path | Sequence[str | Path] | DatasetIndex, *, weights:
              predictions: str | Path | None = None, split: str | None = None, format: str | None = None,
              metrics: str | Sequence[str] = "all", iou_thresh: float = 0.5, batch_size: int = 8, device: str = "auto",
              workers: int = 0, save_predictions_to: str | Path | None = None, prefer_ema: bool = True,
-             progress: bool = True) -> EvalReport:
+             progress: bool = True, plots: str | Path | None = None) -> EvalReport:
     """Evaluate `weights` (run on the images) or a `predictions` file on DATA; see EvalReport.
 
     split: default `default_split(data)` (test, else val, else everything).
+    plots: a folder for per-class precision/recall curves and the table as PNG (see plots/evaluation.py).
     """
     if (weights is None) == (predictions is None):
         raise BoxforgeError("give either weights (a checkpoint or .onnx) or predictions (a predictions file)")
@@ -161,5 +163,10 @@ def evaluate(data: str | Path | Sequence[str | Path] | DatasetIndex, *, weights:
         results = evaluate_detections(index, preds, chosen, iou_thresh=iou_thresh)
     if skipped:
         notes.append(f"{len(skipped)} images could not be read; their objects count as missed")
+    drawn: list[Path] = []
+    if plots is not None:
+        from boxforge.plots.evaluation import plot_evaluation
+
+        drawn = plot_evaluation(index, preds, results, plots, iou_thresh=iou_thresh, metrics=chosen)
     return EvalReport(results, name, index.split, len(index), index.num_objects,
-                      source, len(preds), skipped, notes, time.perf_counter() - start)
+                      source, len(preds), skipped, notes, time.perf_counter() - start, drawn)

@@ -159,6 +159,9 @@ class OnnxBackend(_Backend):
         props = self.session.get_modelmeta().custom_metadata_map
         if "boxforge_version" not in props or "class_names" not in props:
             raise BoxforgeError(f"{path}: not an ONNX model exported by boxforge (no boxforge metadata)")
+        if props.get("task", "detect") != "detect":
+            raise BoxforgeError(f"{path}: an exported {props['task']} model, not a detector; "
+                                "run it with boxforge.classifier.load_classifier_backend")
         baked = json.loads(props.get("postprocess", "{}"))
         self.meta = ModelMeta(path, "onnx", props.get("model_name", "?"), json.loads(props["class_names"]),
                               int(props["img_size"]), "", dict(baked), {"metadata": dict(props)})

@@ -13,7 +13,7 @@ from PIL import Image
 from boxforge import check, load_dataset
 from boxforge.cli import main
 from boxforge.data.problems import KINDS
-from boxforge.data.quarantine import quarantine, undo
+from boxforge.data.quarantine import quarantine
 from tests.conftest import RACCOON, make_voc, voc_xml, write_image, write_png_bomb
 
 
@@ -145,32 +145,3 @@ def test_fix_requires_quarantine_and_never_reuses_a_manifest(tmp_path, tiny_voc)
     quarantine(index, check(index).errors, q)
     with pytest.raises(Exception, match="exists: undo it first"):
         quarantine(index, check(index).errors, q)
-
-
-def test_undo_after_a_kill_midway_restores_what_was_moved(tmp_path):
-    """The manifest is written before the first move: simulate a kill after one move."""
-    root = _broken_voc(tmp_path / "voc")
-    before = _tree_digest(root)
-    index = load_dataset(root)
-    q = tmp_path / "q"
-    import boxforge.data.quarantine as qmod
-
-    real_move, calls = qmod.shutil.move, []
-
-    def dying_move(src, dst):
-        if calls:
-            raise KeyboardInterrupt  # the process dies here
-        calls.append(src)
-        return real_move(src, dst)
-
-    qmod.shutil.move = dying_move
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            quarantine(index, check(index).errors, q)
-    finally:
-        qmod.shutil.move = real_move
-    moves = json.loads((q / "manifest.json").read_text())["moves"]
-    assert len(moves) > 1  # every planned move is described, not just the done one
-    result = undo(q / "manifest.json")
-    assert (result.restored, result.already_in_place) == (1, len(moves) - 1)
-    assert _tree_digest(root) == before

@@ -72,19 +72,23 @@ def read_header(path: Path, max_pixels: int = MAX_PIXELS) -> ImageHeader:
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 width, height = im.size
+                _check_pixels(path, width, height, max_pixels)  # before EXIF: PNG's getexif() decodes the image
                 orientation = _orientation(im)
                 header = ImageHeader(width, height, im.format or "", im.mode, orientation)
     except FileNotFoundError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"{path}: not a readable image ({exc})") from exc
+    return header
+
+
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageReadError(f"{path}: header says {width}x{height} pixels")
     if width * height > max_pixels:
         raise UnsafeInputError(
             f"{path}: header claims {width}x{height} pixels, over the limit of {max_pixels} (decompression bomb?)"
         )
-    return header
 
 
 def _orientation(im: Image.Image) -> int:

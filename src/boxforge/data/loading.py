@@ -103,6 +103,12 @@ def _pack_paths(index: DatasetIndex) -> tuple[np.ndarray, np.ndarray]:
     return ids, paths
 
 
+def _pack_reader(index: DatasetIndex) -> Any:
+    from boxforge.data.pack import reader_for  # pack imports read_image from here
+
+    return reader_for(index)
+
+
 class _ImageDataset(Dataset):
     """Shared part: packed paths, decoding, and the skip-or-raise policy for bad images."""
 
@@ -114,6 +120,8 @@ class _ImageDataset(Dataset):
         self.strict = strict
         self.max_pixels = MAX_PIXELS
         self._ids, self._paths = _pack_paths(index)
+        # Indexes read from a `boxforge pack`: (PackReader, slot per sample); pixels come from its memory map.
+        self._pack = _pack_reader(index)
         # Per process (each DataLoader worker has its own): (image_id, reason) of skipped images.
         self.skipped: list[tuple[str, str]] = []
         self._bad: set[int] = set()
@@ -141,6 +149,8 @@ class _ImageDataset(Dataset):
             try:
                 if path is None:
                     raise ImageReadError(f"sample {self.image_id(j)!r} has no image path")
+                if self._pack is not None:
+                    return j, self._pack[0].read(int(self._pack[1][j]))
                 return j, read_image(path, self.max_pixels)
             except _IMAGE_ERRORS as exc:
                 message = _describe(path, exc)

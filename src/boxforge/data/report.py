@@ -30,7 +30,12 @@ def format_report(report: CheckReport, source: str = "") -> str:
     n_err, n_warn = len(report.errors), len(report.warnings)
     verdict = "OK: ready to train" if n_err == 0 else "NOT READY: fix the errors above (or quarantine them with --fix)"
     lines.append(f"{n_err} errors, {n_warn} warnings. {verdict}")
-    return "\n".join(lines)
+    return printable("\n".join(lines))
+
+
+def printable(text: str) -> str:
+    """`text` safe for any stdout: bytes of a non-UTF-8 file name (surrogate escapes) shown as `\\xff`."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _problem_lines(problems: list[Problem]) -> list[str]:

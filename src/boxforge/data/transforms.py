@@ -41,18 +41,72 @@ def target_tensors(inputs: Any) -> tuple[torch.Tensor, ...]:
 
 
 class SafeIoUCrop(v2.RandomIoUCrop):
-    """RandomIoUCrop that leaves images without boxes untouched.
+    """RandomIoUCrop that leaves images without boxes untouched, and searches for its crop faster.
 
     torchvision's version searches for a crop containing a box centre; with no boxes
     no crop ever qualifies, so it retries until it happens to draw the "keep as is"
     option, and with `sampler_options` lacking 1.0 it never returns.
+
+    The search itself draws the same random numbers in the same order as torchvision's
+    and returns the same crop (tests/data/test_transforms_iou_crop.py), but tests each
+    trial on numpy float32 arrays instead of a handful of small tensor ops: that search
+    was half of a data worker's time in a py-spy profile of training
+    (bench/results/profile_train_ssd_tiny.txt).
     """
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        boxes = None
         for item in flat_inputs:
-            if isinstance(item, tv_tensors.BoundingBoxes) and item.shape[0] == 0:
-                return {}
-        return super().make_params(flat_inputs)
+            if isinstance(item, tv_tensors.BoundingBoxes):
+                if item.shape[0] == 0:
+                    return {}
+                boxes = item
+        if boxes is None:
+            return super().make_params(flat_inputs)
+        from torchvision.transforms.v2 import functional as F
+        from torchvision.transforms.v2._utils import query_size
+
+        orig_h, orig_w = query_size(flat_inputs)
+        xyxy = F.convert_bounding_box_format(boxes.as_subclass(torch.Tensor), boxes.format,
+                                             tv_tensors.BoundingBoxFormat.XYXY)
+        return _iou_crop_search(self, orig_h, orig_w, xyxy)
+
+
+def _iou_crop_search(crop: v2.RandomIoUCrop, orig_h: int, orig_w: int, xyxy: torch.Tensor) -> dict[str, Any]:
+    """torchvision's RandomIoUCrop.make_params loop (same draws, same float32 arithmetic) on numpy."""
+    import numpy as np
+
+    b = xyxy.detach().cpu().numpy()
+    dtype = b.dtype
+    cx, cy = 0.5 * (b[:, 0] + b[:, 2]), 0.5 * (b[:, 1] + b[:, 3])
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    while True:
+        idx = int(torch.randint(low=0, high=len(crop.options), size=(1,)))
+        min_jaccard_overlap = crop.options[idx]
+        if min_jaccard_overlap >= 1.0:
+            return {}
+        for _ in range(crop.trials):
+            r = crop.min_scale + (crop.max_scale - crop.min_scale) * torch.rand(2).numpy()  # float32, as in torch
+            new_w, new_h = int(orig_w * r[0]), int(orig_h * r[1])
+            if not (crop.min_aspect_ratio <= new_w / new_h <= crop.max_aspect_ratio):
+                continue
+            r = torch.rand(2).numpy()
+            left, top = int((orig_w - new_w) * r[0]), int((orig_h - new_h) * r[1])
+            right, bottom = left + new_w, top + new_h
+            if left == right or top == bottom:
+                continue
+            within = (left < cx) & (cx < right) & (top < cy) & (cy < bottom)
+            if not within.any():
+                continue
+            c = np.array([left, top, right, bottom], dtype=dtype)
+            sel = b[within]
+            wh = np.clip(np.minimum(sel[:, 2:], c[2:]) - np.maximum(sel[:, :2], c[:2]), 0, None)
+            inter = wh[:, 0] * wh[:, 1]
+            ious = inter / (area[within] + (c[2] - c[0]) * (c[3] - c[1]) - inter)
+            if ious.max() < min_jaccard_overlap:
+                continue
+            return dict(top=top, left=left, height=new_h, width=new_w,
+                        is_within_crop_area=torch.from_numpy(within))
 
 
 def _hw(size: int | Sequence[int]) -> tuple[int, int]:
@@ -85,9 +139,13 @@ def detection_transforms(
 ) -> v2.Compose:
     """The SSD recipe (torchvision references/detection/presets.py "ssd"), then one resize.
 
-    train: photometric distort, zoom out (canvas filled with `mean`, or SSD_FILL),
-        IoU crop (skipped for images without boxes), horizontal flip, resize to
-        `size`, drop boxes that became degenerate or left the image, to float.
+    train: zoom out (canvas filled with `mean`, or SSD_FILL), IoU crop (skipped for
+        images without boxes), horizontal flip, resize to `size`, drop boxes that
+        became degenerate or left the image, photometric distort, to float.
+        The colour jitter comes after the resize (the reference applies it first): it
+        is per-pixel, and on the resized image it costs a fraction of what it costs on
+        a zoomed-out canvas of up to 16x the pixels; torchvision's tensor hue shift is
+        the slowest step of the recipe (bench/data_pipeline.py measures both orders).
     eval: resize to `size`, to float.
     size: an int for a square (size, size) output, or (height, width).
     mean, std: in [0, 1] units. Leave them None for torchvision detectors, which
@@ -102,12 +160,12 @@ def detection_transforms(
     fill = tuple(round(255 * m) for m in mean) if mean is not None else SSD_FILL
     return v2.Compose(
         [
-            v2.RandomPhotometricDistort(p=0.5),
             v2.RandomZoomOut(fill=list(fill), side_range=(1.0, 4.0), p=0.5),
             SafeIoUCrop(),
             v2.RandomHorizontalFlip(p=hflip_prob),
             resize,
             v2.SanitizeBoundingBoxes(labels_getter=target_tensors),
+            v2.RandomPhotometricDistort(p=0.5),
             *_to_float(mean, std),
         ]
     )
@@ -135,10 +193,11 @@ def classification_transforms(
     hflip_prob: float = 0.5,
     auto_augment: str | None = None,
     random_erase: float = 0.0,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
 ) -> v2.Compose:
     """The torchvision references/classification recipe on uint8 tensors.
 
-    train: RandomResizedCrop(size), horizontal flip, optional auto-augment policy
+    train: RandomResizedCrop(size, scale=crop_scale), horizontal flip, optional auto-augment policy
         (one of AUTO_AUGMENTS), to float, Normalize, optional RandomErasing(p=random_erase).
     eval: Resize(resize_size, default size / 0.875, i.e. 256 for 224) on the short
         side, CenterCrop(size), to float, Normalize.
@@ -148,7 +207,7 @@ def classification_transforms(
     if not train:
         short = resize_size or round(size / 0.875)
         return v2.Compose([v2.Resize(short, antialias=True), v2.CenterCrop(size), *_to_float(mean, std)])
-    steps: list[nn.Module] = [v2.RandomResizedCrop(size, antialias=True)]
+    steps: list[nn.Module] = [v2.RandomResizedCrop(size, scale=crop_scale, antialias=True)]
     if hflip_prob > 0:
         steps.append(v2.RandomHorizontalFlip(p=hflip_prob))
     if auto_augment:

@@ -1,18 +1,23 @@
 """torch.distributed from torchrun's environment: RANK, LOCAL_RANK, WORLD_SIZE.
 
-gloo on CPU, NCCL on CUDA. A collective that waits longer than the stall
-timeout raises instead of hanging (the process group timeout), so one stalled
-or dead rank ends the others with a message.
+gloo on CPU, NCCL on CUDA. One stalled or dead rank ends the others with a
+message instead of a hang: a rank whose peer died gets a transport error at
+once (`lost_peer` turns it into one line); a rank waiting on a stalled peer is
+ended by its watchdog after --stall-timeout, and failing that by the process
+group timeout (the stall timeout, at least 30 s).
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from boxforge.errors import BoxforgeError
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,15 @@ def all_reduce_mean(values: dict[str, float], info: DistInfo, device: torch.devi
     return dict(zip(keys, t.tolist()))
 
 
+def all_true(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True when `flag` holds on every rank: ranks that decide together never wait on each other."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([0.0 if flag else 1.0], device=device)
+    dist.all_reduce(t)
+    return float(t) == 0.0
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
@@ -74,3 +88,27 @@ def broadcast_object(obj: object, info: DistInfo) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# Words in the errors gloo and NCCL raise when the other end of a collective is gone or silent.
+_PEER_FAILURE_WORDS = ("connection reset by peer", "connection closed by peer", "broken pipe", "timed out",
+                       "timeout", "gloo", "nccl", "socket")
+
+
+def lost_peer(exc: BaseException, info: DistInfo) -> BoxforgeError | None:
+    """A one-line error for a collective that failed because another rank died or stalled, else None.
+
+    gloo raises a bare RuntimeError with a C++ source path and a long hint; this names the rank, the
+    cause and what to do, so a multi-rank log says in one line why each surviving rank stopped.
+    """
+    if not info.enabled or isinstance(exc, BoxforgeError):
+        return None
+    text = str(exc)
+    dist_error = getattr(dist, "DistError", ())
+    if not (isinstance(exc, dist_error) or (isinstance(exc, RuntimeError)
+                                             and any(w in text.lower() for w in _PEER_FAILURE_WORDS))):
+        return None
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
+    first = first.split(". ", 1)[0].rstrip(".")
+    return BoxforgeError(f"rank {info.rank} of {info.world_size}: a collective operation failed ({first}): another "
+                         f"rank died or stalled (see its log); restart all ranks with --resume auto")

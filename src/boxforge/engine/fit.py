@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +27,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from boxforge import checkpoint as ckpt
 from boxforge.config import TrainConfig, save_config
-from boxforge.data.loading import DetectionDataset, detection_collate, make_loader
-from boxforge.data.transforms import detection_transforms
+from boxforge.data.loading import make_loader
 from boxforge.engine import distributed
 from boxforge.engine.logging import MetricsLog
 from boxforge.engine.sampler import ResumableSampler, SeededDataset
 from boxforge.engine.schedule import lr_factor
 from boxforge.engine.setup import (Plan, build_optimizer, default_lr, load_train_val, make_plan, resolve_device,
                                    set_threads)
-from boxforge.engine.validate import validate
+from boxforge.engine.sync_bn import convert_sync_bn
+from boxforge.engine.tasks import Task, check_index_task, make_task
 from boxforge.engine.watchdog import EXIT_STALL, Watchdog, dead_worker
 from boxforge.errors import BoxforgeError
 from boxforge.models import get_model
@@ -54,6 +55,7 @@ class TrainResult:
     last: Path | None
     best: Path | None
     stopped_by: str
+    best_label: str = "VOC12 mAP"  # what best_metric is: "VOC12 mAP" (detect) or "Acc@1" (classify, percent)
 
 
 @dataclass
@@ -70,18 +72,38 @@ class State:
 
 
 def fit(cfg: TrainConfig) -> TrainResult:
-    """Train a detector as `cfg` says; returns where the outputs are. See README "Training"."""
+    """Train a detector or a classifier as `cfg` says; returns where the outputs are. See README "Training"."""
     info = distributed.from_env()
     device = resolve_device(cfg.device, info)
     set_threads(cfg, info, device)
     distributed.init(info, device, cfg.stall_timeout)
     run_dir = Path(cfg.out)
-    log = MetricsLog(run_dir if info.is_main else None, enabled=info.is_main)
+    log = MetricsLog(run_dir if info.is_main else None, enabled=info.is_main, tensorboard=cfg.tensorboard)
     try:
-        return _fit(cfg, info, device, run_dir, log)
+        result = _fit(cfg, info, device, run_dir, log)
+    except Exception as exc:
+        lost = distributed.lost_peer(exc, info)
+        if lost is None:
+            raise
+        raise lost from exc
     finally:
         log.close()
         distributed.shutdown()
+    if info.is_main and cfg.report:
+        _write_report(run_dir, device)
+    return result
+
+
+def _write_report(run_dir: Path, device: torch.device) -> None:
+    """RUN_DIR/report.html once the checkpoints are safely written; any failure here is only a warning,
+    because a finished run must never be lost to its report (`boxforge plot RUN_DIR --report` retries)."""
+    try:
+        from boxforge.report import write_report
+
+        print(f"report written to {write_report(run_dir, device=str(device))}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - deliberately broad: see the docstring
+        print(f"warning: could not write {run_dir / 'report.html'}: {type(exc).__name__}: {exc}; "
+              f"the checkpoints are intact; retry with: boxforge plot {run_dir} --report", file=sys.stderr, flush=True)
 
 
 def _fit(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run_dir: Path,
@@ -90,16 +112,21 @@ def _fit(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     train_index, val_index = load_train_val(cfg)
-    model = _build_model(cfg, train_index.classes, resume, log)
+    task = make_task(cfg, train_index.classes)
+    for what, index in (("training", train_index), ("validation", val_index)):
+        if index is not None:
+            check_index_task(task, index, what)
+    model = _build_model(cfg, train_index.classes, resume, log, _fitted_anchors(cfg, train_index, resume, log))
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)
     sampler = ResumableSampler(len(train_index), batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
                                rank=info.rank, world_size=info.world_size)
-    dataset = SeededDataset(DetectionDataset(train_index, detection_transforms(True, model.img_size),
-                                             strict=cfg.strict_data))
+    dataset = SeededDataset(task.train_dataset(train_index, int(model.img_size)))
     loader = make_loader(dataset, cfg.batch_size, workers=cfg.workers, sampler=sampler, timeout=cfg.stall_timeout,
-                         collate_fn=detection_collate)
+                         collate_fn=task.collate)
+    if info.enabled and cfg.sync_bn:
+        log.print(f"--sync-bn: {convert_sync_bn(model, device)} BatchNorm layers normalise over all ranks")
     model.to(device)
     lr = default_lr(cfg, info.world_size)
     optimizer = build_optimizer(model, cfg, lr)
@@ -110,7 +137,9 @@ def _fit(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run
         state = _restore(resume, model, optimizer, ema, scaler)
     train_model: nn.Module = DistributedDataParallel(model) if info.enabled else model
     plan = make_plan(cfg, sampler.batches_per_epoch())
-    log.print(f"training {cfg.model} on {len(train_index)} images ({', '.join(train_index.classes)}), "
+    names = ", ".join(train_index.classes[:10]) + (f", ... ({len(train_index.classes)} classes)"
+                                                   if len(train_index.classes) > 10 else "")
+    log.print(f"training {cfg.model} on {len(train_index)} images ({names}), "
               f"{plan.iters_per_epoch} batches of {cfg.batch_size} per epoch"
               f"{f' x {info.world_size} ranks' if info.enabled else ''}, lr {lr:g}, device {device}, "
               f"threads {torch.get_num_threads()}; outputs in {run_dir}")
@@ -122,7 +151,7 @@ def _fit(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run
     best = run_dir / "best.pt"
     return TrainResult(run_dir, state.epoch, state.global_step, state.best_metric,
                        run_dir / "last.pt" if (run_dir / "last.pt").exists() else None,
-                       best if best.exists() else None, stopped_by)
+                       best if best.exists() else None, stopped_by, task.best_label)
 
 
 def _find_resume(cfg: TrainConfig, run_dir: Path, log: MetricsLog) -> dict[str, Any] | None:
@@ -141,11 +170,32 @@ def _find_resume(cfg: TrainConfig, run_dir: Path, log: MetricsLog) -> dict[str, 
     return state
 
 
-def _build_model(cfg: TrainConfig, classes: list[str], resume: dict[str, Any] | None, log: MetricsLog) -> nn.Module:
+def _fitted_anchors(cfg: TrainConfig, index: Any, resume: dict[str, Any] | None, log: MetricsLog) -> Any:
+    """--anchors auto: default-box shapes from k-means on the training boxes (None: the model's own)."""
+    if cfg.anchors != "auto" or resume is not None:
+        return None
+    from boxforge.models.anchors import default_shapes, fit_anchor_shapes, mean_best_iou, relative_box_shapes
+    from boxforge.models.detection import ANCHOR_LAYOUT
+
+    if cfg.model not in ANCHOR_LAYOUT:
+        raise BoxforgeError(f"--anchors auto: {cfg.model} keeps its own default boxes (its pretrained head depends "
+                            f"on them); fitted anchors are for: {', '.join(sorted(ANCHOR_LAYOUT))}")
+    wh = relative_box_shapes(index)
+    shapes = fit_anchor_shapes(wh, *ANCHOR_LAYOUT[cfg.model], seed=cfg.seed)
+    default = default_shapes(get_model(cfg.model, num_classes=1).model.anchor_generator)
+    log.print(f"anchors fitted to {len(wh)} training boxes (k-means, 1 - IoU): mean best IoU "
+              f"{mean_best_iou(wh, shapes):.3f} (the default boxes: {mean_best_iou(wh, default):.3f}); (w, h) per "
+              f"feature map: " + "; ".join(" ".join(f"{w:.3f}x{h:.3f}" for w, h in level) for level in shapes))
+    return shapes
+
+
+def _build_model(cfg: TrainConfig, classes: list[str], resume: dict[str, Any] | None, log: MetricsLog,
+                 anchors: Any = None) -> nn.Module:
     if resume is not None:  # the architecture exactly as saved (some depend on the weights it started from)
         return _maybe_freeze(cfg, get_model(resume["model_name"], **resume["build_args"]), log)
     model = get_model(cfg.model, num_classes=len(classes), class_names=classes, img_size=cfg.img_size,
-                      weights=cfg.weights, weights_backbone=cfg.weights_backbone)
+                      weights=cfg.weights, weights_backbone=cfg.weights_backbone,
+                      **({"anchors": anchors} if anchors is not None else {}))
     report = getattr(model, "transfer_report", None)
     if report is not None:
         log.print(str(report))
@@ -163,17 +213,28 @@ def checkpoint_state(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.
                      scaler: torch.amp.GradScaler, state: State) -> dict[str, Any]:
     """Everything needed to continue exactly (and to use the model alone: names, size, config)."""
     return {
-        "format": ckpt.CHECKPOINT_FORMAT, "task": "detect", "model_name": cfg.model,
+        "format": ckpt.CHECKPOINT_FORMAT, "task": getattr(model, "task", "detect"), "model_name": cfg.model,
         "class_names": list(model.class_names), "img_size": int(model.img_size), "config": cfg.to_dict(),
         "build_args": dict(model.build_args),
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
         "ema": ema.state_dict() if ema is not None else None,
         "epoch": state.epoch, "iteration": state.iteration, "global_step": state.global_step,
         "images_seen": state.images_seen, "train_seconds": state.train_seconds, "best_metric": state.best_metric,
-        "nonfinite_total": state.nonfinite_total,
+        "nonfinite_total": state.nonfinite_total, "pending_grads": _pending_grads(model),
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
+
+
+def _pending_grads(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """Gradients summed so far in an unfinished --accumulate group (None at a step boundary).
+
+    Saving them is what makes a checkpoint taken mid-group (Ctrl-C, the end of a --time budget)
+    resume exactly: the weights have not moved since the group began, but BatchNorm statistics
+    and these sums have.
+    """
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+    return grads or None
 
 
 def _restore(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, ema: AveragedModel | None,
@@ -182,6 +243,10 @@ def _restore(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Opt
         raise BoxforgeError(f"checkpoint classes {saved.get('class_names')} differ from the dataset's "
                             f"{model.class_names}; to fine-tune on new classes use --weights, not --resume")
     model.load_state_dict(saved["model"])
+    pending = saved.get("pending_grads") or {}
+    for name, param in model.named_parameters():
+        if name in pending:
+            param.grad = pending[name].to(param.device)
     optimizer.load_state_dict(saved["optimizer"])
     if saved.get("scaler"):
         scaler.load_state_dict(saved["scaler"])
@@ -213,6 +278,7 @@ class _Loop:
         self.model, self.train_model, self.optimizer, self.ema, self.scaler = model, train_model, optimizer, ema, scaler
         self.plan, self.base_lr, self.sampler, self.loader, self.val_index = plan, base_lr, sampler, loader, val_index
         self.watchdog: Watchdog | None = None
+        self.task: Task = make_task(cfg, list(model.class_names))
         self.amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if cfg.amp else None
 
     def run(self, state: State) -> str:
@@ -259,8 +325,8 @@ class _Loop:
                 consecutive_bad += 1
                 state.nonfinite_total += 1
                 if consecutive_bad >= cfg.max_nonfinite:
-                    ids = ", ".join(t["image_id"] for t in targets)
-                    raise TrainingError(f"{consecutive_bad} non-finite losses in a row (last batch: {ids}); "
+                    raise TrainingError(f"{consecutive_bad} non-finite losses in a row "
+                                        f"({self.task.describe_batch(targets)}); "
                                         f"stopping; the last good checkpoint is {self.run_dir / 'last.pt'}")
             else:
                 consecutive_bad = 0
@@ -273,20 +339,18 @@ class _Loop:
 
     def _step(self, images: Any, targets: list[dict[str, Any]]) -> tuple[dict[str, float], bool]:
         state, cfg = self.state, self.cfg
+        self.stepped = False  # set when this batch completes an optimizer step (--accumulate groups)
         lr = self.base_lr * lr_factor(self.plan.progress(state.global_step, state.train_seconds),
                                       schedule=cfg.schedule, warmup=cfg.warmup, milestones=cfg.milestones,
                                       gamma=cfg.gamma)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.lr = lr
-        images = images.to(self.device, non_blocking=True) if isinstance(images, torch.Tensor) else \
-            [im.to(self.device) for im in images]
-        targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} | {"image_id": t["image_id"]}
-                   for t in targets]
+        images, targets = self.task.to_device(images, targets, self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss_dict = self.train_model(images, targets)
+            loss_dict = self.task.losses(self.train_model, images, targets)
         loss = sum(loss_dict.values()) / cfg.accumulate
-        if not torch.isfinite(loss):
+        if not distributed.all_true(bool(torch.isfinite(loss)), self.info, self.device):  # ranks skip together
             self.optimizer.zero_grad(set_to_none=True)
             return {}, False
         self.scaler.scale(loss).backward()
@@ -300,6 +364,7 @@ class _Loop:
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             state.global_step += 1
+            self.stepped = True
         return {k: float(v.detach()) for k, v in loss_dict.items()}, True
 
     def _after_step(self, losses: dict[str, float], batch: int) -> None:
@@ -316,6 +381,8 @@ class _Loop:
                       step=state.global_step, losses=losses, lr=self.lr, images_seen=state.images_seen,
                       img_per_s=rate, eta_s=eta, device=self.device,
                       log_line=state.iteration % cfg.log_every == 0 or state.iteration == self.plan.iters_per_epoch)
+        if not self.stepped:  # inside an --accumulate group: step-numbered saves wait for its step
+            return
         if cfg.save_every and state.global_step % cfg.save_every == 0 and state.iteration < self.plan.iters_per_epoch:
             self._save("last.pt")
         if cfg.snapshot_every and state.global_step % cfg.snapshot_every == 0:
@@ -327,23 +394,28 @@ class _Loop:
         if not self.info.is_main:
             return
         self._beat("saving a checkpoint")
-        ckpt.save_checkpoint(checkpoint_state(self.cfg, self.model, self.optimizer, self.ema, self.scaler,
-                                              self.state), self.run_dir / name)
+        try:
+            ckpt.save_checkpoint(checkpoint_state(self.cfg, self.model, self.optimizer, self.ema, self.scaler,
+                                                  self.state), self.run_dir / name)
+        except ckpt.DiskFullError as exc:
+            if self.cfg.on_disk_full != "continue":
+                raise
+            self.log.print(f"warning: {exc}; training continues (--on-disk-full continue)")
 
     def _validate(self) -> None:
         self._beat("in validation")
         self.validated_at = self.state.global_step
         if self.info.is_main:
             eval_model = self.ema.module if self.ema is not None else self.model
-            metrics = validate(eval_model, self.val_index, device=self.device, batch_size=self.cfg.batch_size,
-                               amp_dtype=self.amp_dtype)
+            metrics = self.task.validate(eval_model, self.val_index, device=self.device,
+                                         batch_size=self.cfg.batch_size, amp_dtype=self.amp_dtype)
             self.log.validation(epoch=self.state.epoch, step=self.state.global_step, metrics=metrics)
-            score = metrics.get("voc12_map")
+            score = metrics.get(self.task.best_key)
             if score is not None and math.isfinite(score) and (self.state.best_metric is None
                                                                or score > self.state.best_metric):
                 self.state.best_metric = score
                 self._save("best.pt")
-                self.log.print(f"new best VOC12 mAP {score:.4f}: saved best.pt")
+                self.log.print(f"new best {self.task.best_label} {score:.4f}: saved best.pt")
         distributed.barrier(self.info)
         self._beat("waiting for data")
 

@@ -1,7 +1,10 @@
-"""Training logs: readable lines on the console, one JSON object a line in RUN_DIR/metrics.jsonl.
+"""Training logs: readable lines on the console, one JSON object a line in RUN_DIR/metrics.jsonl,
+and with `--tensorboard` the same scalars as TensorBoard events in RUN_DIR/tensorboard.
 
 Only rank 0 writes. The console line looks like
 `epoch 3 iter 120/500 loss 2.314 (avg 2.501) cls 1.62 box 0.69 lr 0.0150 18.3 img/s eta 0:04:12 mem 1.2G`.
+TensorBoard is an optional dependency (`pip install 'boxforge[tensorboard]'`): asking for it without the
+package fails before any data is read, on every rank, with one line saying how to install it.
 """
 
 from __future__ import annotations
@@ -18,8 +21,23 @@ from typing import Any, TextIO
 
 import torch
 
+from boxforge.errors import BoxforgeError
+
+TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_MISSING = ("--tensorboard needs the tensorboard package, which is not installed; "
+                       "install it with: pip install 'boxforge[tensorboard]'")
+
 # Short names for torchvision's loss keys on the console.
 _SHORT = {"bbox_regression": "box", "classification": "cls", "bbox_ctrness": "ctr"}
+
+
+def open_tensorboard(log_dir: Path | None) -> Any:
+    """A `SummaryWriter` on `log_dir` (None: only check that TensorBoard can be imported, as on ranks > 0)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:  # torch.utils.tensorboard raises ImportError when the package is absent
+        raise BoxforgeError(TENSORBOARD_MISSING) from exc
+    return SummaryWriter(str(log_dir), flush_secs=30) if log_dir is not None else None
 
 
 def memory_gb(device: torch.device) -> float:
@@ -29,10 +47,16 @@ def memory_gb(device: torch.device) -> float:
 
 
 class MetricsLog:
-    """Append-only metrics.jsonl plus console lines, with a running average of the loss."""
+    """Append-only metrics.jsonl plus console lines, with a running average of the loss.
+
+    tensorboard: also write every numeric field of each train/val record as a scalar `train/<key>` or
+    `val/<key>` at its `step` into RUN_DIR/tensorboard (raises BoxforgeError when the package is missing).
+    """
 
     def __init__(self, run_dir: Path | None, *, enabled: bool = True, stream: TextIO = sys.stdout,
-                 window: int = 50) -> None:
+                 window: int = 50, tensorboard: bool = False) -> None:
+        self._tb = open_tensorboard(Path(run_dir) / TENSORBOARD_DIR if enabled and run_dir else None) \
+            if tensorboard else None
         self.enabled = enabled
         self.stream = stream
         self.path = Path(run_dir) / "metrics.jsonl" if run_dir else None
@@ -43,6 +67,9 @@ class MetricsLog:
             self._fh = open(self.path, "a", encoding="utf-8")
 
     def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
         if self._fh:
             self._fh.close()
             self._fh = None
@@ -54,6 +81,19 @@ class MetricsLog:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in event.items()}
         self._fh.write(json.dumps({"time": time.time(), **clean}) + "\n")
         self._fh.flush()
+        if self._tb is not None:
+            self._scalars(clean)
+
+    def _scalars(self, event: dict[str, Any]) -> None:
+        """The record's numbers as TensorBoard scalars (null/NaN values, bools and text are left out)."""
+        kind, step = event.get("type"), event.get("step")
+        if kind not in ("train", "val") or not isinstance(step, int):
+            return
+        for key, value in event.items():
+            if key not in ("type", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._tb.add_scalar(f"{kind}/{key}", value, step)
+        if kind == "val":
+            self._tb.flush()  # validations are rare and the ones worth seeing at once
 
     def print(self, text: str) -> None:
         if self.enabled:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import faulthandler
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 EXIT_STALL = 75  # EX_TEMPFAIL: "try again", which is what --resume auto does
+_ABORTING = threading.Lock()
 
 
 class Watchdog:
@@ -75,7 +77,14 @@ class Watchdog:
                    f"{self.timeout:g} s); stuck {self._stage}.")
 
     def abort(self, message: str) -> None:
-        """Dump stacks, kill the data loader workers and exit with EXIT_STALL (never returns)."""
+        """Dump stacks, kill the data loader workers and exit with EXIT_STALL (never returns).
+
+        Once per process: the watchdog thread and the loop can both see a dead worker at the same moment;
+        the second caller waits for the first one's exit instead of writing a second dump.
+        """
+        if not _ABORTING.acquire(blocking=False):
+            while True:
+                time.sleep(60)
         dump = self._dump_stacks(message)
         hint = f" Stacks of all threads: {dump}." if dump else ""
         print(f"{message}{hint} Exiting with status {EXIT_STALL}; restart with --resume auto.",
@@ -101,14 +110,49 @@ class Watchdog:
 
 
 def kill_workers() -> None:
-    """SIGKILL every child process started by multiprocessing (data loader workers)."""
+    """SIGKILL every process this one started, directly or not: data loader workers and their forkserver.
+
+    Walking /proc finds what `multiprocessing.active_children()` misses: a worker the forkserver forked
+    while its Process object was still being started. Such a worker never notices our exit (its parent is
+    the forkserver), and keeps the forkserver alive in turn, so both would stay forever.
+    """
     for child in multiprocessing.active_children():
         try:
             child.kill()
         except (OSError, AttributeError):
             continue
+    deadline = time.monotonic() + 3
+    while (pids := _descendants(os.getpid())) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                continue
+        time.sleep(0.05)
     for child in multiprocessing.active_children():
         child.join(timeout=2)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Live (not zombie) descendants of `pid`, from /proc (empty where there is no /proc)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def dead_worker(iterator: Any) -> str | None:

@@ -14,14 +14,15 @@ def _cell(value: float | None) -> str:
     return "-" if math.isnan(value) else f"{value:.4f}"
 
 
-def format_table(results: dict[str, Any]) -> str:
-    """The `evaluate_detections` result as text: per-class AP (and GT counts), the means, then COCO's 12 numbers.
+def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) of the per-class table: one row per class, then the `mean` row last.
 
-    nan (a class without ground truth) prints as `-`.
+    Shared by the terminal table, the run report's HTML table and `eval --plots`' table.png, so
+    the three always show the same cells. Empty lists when `results` has no per-class metric.
     """
     metrics = [m for m in results if isinstance(results[m], dict) and "per_class" in results[m]]
     if not metrics:
-        return "(no results)"
+        return [], []
     classes = list(results[metrics[0]]["per_class"])
     num_gt = next((results[m]["num_gt"] for m in metrics if "num_gt" in results[m]), None)
     headers = ["class"] + (["gt"] if num_gt else []) + [f"{m} AP" for m in metrics]
@@ -31,6 +32,26 @@ def format_table(results: dict[str, Any]) -> str:
         rows.append(row + [_cell(results[m]["per_class"].get(name)) for m in metrics])
     means = [_cell(results[m]["map"] if "map" in results[m] else results[m].get("AP")) for m in metrics]
     rows.append(["mean"] + ([str(sum(num_gt.values()))] if num_gt else []) + means)
+    return headers, rows
+
+
+def coco_lines(results: dict[str, Any]) -> list[str]:
+    """COCO's 12 numbers on two lines (empty when there is no COCO result)."""
+    if "coco" not in results or "stats" not in results["coco"]:
+        return []
+    stats = results["coco"]["stats"]
+    return ["COCO: " + "  ".join(f"{k} {v:.4f}" for k, v in zip(STAT_NAMES[:6], stats[:6])),
+            "      " + "  ".join(f"{k} {v:.4f}" for k, v in zip(STAT_NAMES[6:], stats[6:]))]
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The `evaluate_detections` result as text: per-class AP (and GT counts), the means, then COCO's 12 numbers.
+
+    nan (a class without ground truth) prints as `-`.
+    """
+    headers, rows = table_rows(results)
+    if not headers:
+        return "(no results)"
     widths = [max(len(r[i]) for r in [headers] + rows) for i in range(len(headers))]
 
     def line(cells: list[str]) -> str:
@@ -38,9 +59,7 @@ def format_table(results: dict[str, Any]) -> str:
 
     out = [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows[:-1]]
     out += [line(["-" * w for w in widths]), line(rows[-1])]
-    if "coco" in results and "stats" in results["coco"]:
-        stats = results["coco"]["stats"]
-        out.append("")
-        out.append("COCO: " + "  ".join(f"{k} {v:.4f}" for k, v in zip(STAT_NAMES[:6], stats[:6])))
-        out.append("      " + "  ".join(f"{k} {v:.4f}" for k, v in zip(STAT_NAMES[6:], stats[6:])))
+    coco = coco_lines(results)
+    if coco:
+        out += [""] + coco
     return "\n".join(out)

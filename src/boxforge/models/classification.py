@@ -1,8 +1,9 @@
 """Classification builders: torchvision models with a class count of the dataset's choosing.
 
-They return the plain torchvision module, `(B, 3, H, W) float -> (B, num_classes) logits`, with
-`class_names` and `img_size` attached. Named weights (IMAGENET1K_V1, DEFAULT, ...) come from
-the local torch hub cache only, like the detectors'; with another class count the final layer
+They return the plain torchvision module, `(B, 3, H, W) float -> (B, num_classes) logits` (input
+normalised with the ImageNet mean/std), with `class_names`, `img_size`, `task = "classify"` and
+`build_args` (what `get_model` needs to rebuild it from a checkpoint) attached. Named weights
+(IMAGENET1K_V1, DEFAULT, ...) come from the local torch hub cache only, like the detectors'; with another class count the final layer
 is left freshly initialised by `load_matching` (see the model's `transfer_report`).
 """
 
@@ -44,6 +45,9 @@ def build_classifier(name: str, *, num_classes: int, weights: str | Path | None 
     make, enum = TORCHVISION_CLASSIFIERS[name]
     model = make(weights=None, num_classes=num_classes)
     model.class_names, model.img_size, model.transfer_report = names, img_size or 224, None
+    model.task = "classify"
+    # Weights are not part of the rebuild recipe: a checkpoint carries its own state dict.
+    model.build_args = {"num_classes": num_classes, "img_size": model.img_size, "class_names": list(names)}
     state = resolve_state_dict(weights, enum=enum, model_name=name, role="weights")
     if state is not None:
         model.transfer_report = load_matching(model, state)

@@ -31,15 +31,17 @@ from torchvision import models as tvm
 from torchvision.models.detection import SSD300_VGG16_Weights, SSDLite320_MobileNet_V3_Large_Weights
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
-from torchvision.models.detection.ssd import SSD, _vgg_extractor
+from torchvision.models.detection.ssd import _vgg_extractor
 from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extractor, _normal_init
 from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers
 
 from boxforge.errors import BoxforgeError
+from boxforge.models.anchors import FittedBoxGenerator, Shapes as AnchorShapes
 from boxforge.models.backbones import MobileNetFPN, TinyBackbone
 from boxforge.models.detector import Detector
 from boxforge.models.heads import SharedConvHead
+from boxforge.models.ssd import GlobalNormSSD as SSD
 from boxforge.models.transfer import load_matching
 from boxforge.models.weights import resolve_state_dict
 
@@ -178,7 +180,7 @@ def ssdlite320_mobilenet_v3_large(*, num_classes: int, weights: WeightsArg = Non
 def ssd_mobilenet_fpn(*, num_classes: int, weights: WeightsArg = None, weights_backbone: WeightsArg = None,
                       img_size: int | None = None, class_names: Sequence[str] | None = None,
                       backbone: str = "mobilenet_v2", fpn_channels: int = 128, head_convs: int = 2,
-                      **kwargs: Any) -> Detector:
+                      anchors: AnchorShapes | None = None, **kwargs: Any) -> Detector:
     """SSD + MobileNet + FPN (P3-P7) + weight-shared head, after MindSpore's `ssd_mobilenet_v1_fpn`.
 
     backbone: "mobilenet_v2" or "mobilenet_v3_large" (torchvision `features`); weights_backbone
@@ -199,22 +201,25 @@ def ssd_mobilenet_fpn(*, num_classes: int, weights: WeightsArg = None, weights_b
     net = make(weights=None)
     if weights is None:
         _load_backbone(net, weights_backbone, enum, name)
-    anchors = DefaultBoxGenerator([[2, 3]] * 5, min_ratio=0.1, max_ratio=0.9)
-    head = SharedConvHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes + 1, head_convs)
-    model = SSD(MobileNetFPN(net.features, taps, channels, fpn_channels), anchors, (size, size),
+    generator = _box_generator(name, anchors, DefaultBoxGenerator([[2, 3]] * 5, min_ratio=0.1, max_ratio=0.9))
+    head = SharedConvHead(fpn_channels, generator.num_anchors_per_location()[0], num_classes + 1, head_convs)
+    model = SSD(MobileNetFPN(net.features, taps, channels, fpn_channels), generator, (size, size),
                 num_classes + 1, head=head, **_ssd_options(name, kwargs))
     return _finish(model, name=name, names=names, img_size=size, backbone=["backbone.body"], weights=weights,
-                   enum=None, build_args={"backbone": backbone, "fpn_channels": fpn_channels, "head_convs": head_convs})
+                   enum=None, build_args={"backbone": backbone, "fpn_channels": fpn_channels, "head_convs": head_convs,
+                                          **({"anchors": generator.shapes} if anchors else {})})
 
 
 def ssd_tiny(*, num_classes: int, weights: WeightsArg = None, weights_backbone: WeightsArg = None,
-             img_size: int | None = None, class_names: Sequence[str] | None = None, **kwargs: Any) -> Detector:
+             img_size: int | None = None, class_names: Sequence[str] | None = None,
+             anchors: AnchorShapes | None = None, **kwargs: Any) -> Detector:
     """A small SSD for CPUs and tests: plain conv/BN/ReLU backbone, 4 maps, torchvision SSDHead.
 
     ~1.1 M parameters and ~0.9 GFLOPs at 320 px (a quarter of that at 160). Trained from
     scratch (no named weights); weights_backbone may be a file of `TinyBackbone` weights.
     Anchors: 6 per cell, scales 0.07 .. 0.9 of the image, so 10% objects and 70% objects both
-    have a close default box.
+    have a close default box; `anchors` (4 maps x 6 (w, h) fractions of the image, from
+    `models.anchors.fit_anchor_shapes`) replaces them with shapes fitted to a dataset.
     """
     name, size = "ssd_tiny", img_size or 320
     names = _common(name, num_classes, class_names, size, 64)
@@ -225,7 +230,24 @@ def ssd_tiny(*, num_classes: int, weights: WeightsArg = None, weights_backbone: 
         if report.reinitialised:
             raise BoxforgeError(f"{name}: backbone weights {weights_backbone} do not fit TinyBackbone "
                                 f"({len(report.reinitialised)} tensors missing, e.g. {report.reinitialised[0]})")
-    anchors = DefaultBoxGenerator([[2, 3]] * 4, scales=[0.07, 0.18, 0.38, 0.6, 0.9])
-    model = SSD(body, anchors, (size, size), num_classes + 1, **_ssd_options(name, kwargs))
+    generator = _box_generator(name, anchors, DefaultBoxGenerator([[2, 3]] * 4, scales=[0.07, 0.18, 0.38, 0.6, 0.9]))
+    model = SSD(body, generator, (size, size), num_classes + 1, **_ssd_options(name, kwargs))
     return _finish(model, name=name, names=names, img_size=size, backbone=["backbone"],
-                   weights=weights, enum=None, build_args={})
+                   weights=weights, enum=None, build_args={"anchors": generator.shapes} if anchors else {})
+
+
+# Feature maps and default boxes per cell of the models that accept fitted anchors (`anchors=`).
+ANCHOR_LAYOUT: dict[str, tuple[int, int]] = {"ssd_tiny": (4, 6), "ssd_mobilenet_fpn": (5, 6)}
+
+
+def _box_generator(name: str, anchors: AnchorShapes | None, default: DefaultBoxGenerator) -> DefaultBoxGenerator:
+    """`default`, or a FittedBoxGenerator of `anchors` (per map, (w, h) relative) in the same layout."""
+    if anchors is None:
+        return default
+    maps, per_map = ANCHOR_LAYOUT[name]
+    if len(anchors) != maps or any(len(level) != per_map for level in anchors):
+        raise ValueError(f"{name}: anchors must be {maps} lists of {per_map} (w, h) pairs, got "
+                         f"{[len(level) for level in anchors]}")
+    if any(not (0 < w <= 4 and 0 < h <= 4) for level in anchors for w, h in level):
+        raise ValueError(f"{name}: anchor (w, h) are fractions of the image size, in (0, 4]")
+    return FittedBoxGenerator(anchors)

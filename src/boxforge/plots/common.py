@@ -108,9 +108,11 @@ def maybe_log_y(ax, *series: np.ndarray) -> None:
 
 
 def fmt(value: object) -> str:
-    """CSV cell: integers as integers, floats at full precision, NaN/None as an empty cell."""
+    """CSV cell: integers as integers, floats at full precision, NaN/None as an empty cell, text as is."""
     if value is None:
         return ""
+    if isinstance(value, str):
+        return value
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     f = float(value)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,9 @@ def _image_dir(json_path: Path, root: Path, split: str | None, file_names: list[
     split_name = split or stem.split("_", 1)[-1]
     candidates = [root / "images" / split_name, root / split_name, root / "images" / stem, root / "images",
                   json_path.parent, root]
+    plain = [n for n in file_names if n and not os.path.isabs(n) and ".." not in Path(n).parts][:5]
     for folder in candidates:
-        for name in file_names[:5]:
+        for name in plain:  # never probe a path that would leave the folder
             if (folder / name).is_file():
                 return folder
     return candidates[0] if (root / "images").is_dir() else json_path.parent
@@ -74,13 +76,18 @@ def read_coco(json_path: Path, root: Path | None = None, split: str | None = Non
         raise DatasetError(f"{json_path}: not a COCO file (no 'images' list at the top level)")
     categories = doc.get("categories") or []
     annotations = doc.get("annotations") or []
+    if not isinstance(categories, list) or not isinstance(annotations, list):
+        raise DatasetError(f"{json_path}: 'categories' and 'annotations' must be lists")
     if not categories:
         raise DatasetError(f"{json_path}: COCO file has no 'categories'; a detection set needs instances "
                            "(captions and image-info files hold no boxes)")
     if annotations and all(isinstance(a, dict) and "bbox" not in a for a in annotations):
         raise DatasetError(f"{json_path}: annotations have no 'bbox' (a COCO labels, captions or panoptic file, "
                            "not instances); pass an instances_*.json")
-    cats = sorted((c for c in categories if isinstance(c, dict) and "id" in c), key=lambda c: c["id"])
+    for number, c in enumerate(categories):
+        if isinstance(c, dict) and "id" in c and not _is_id(c["id"]):
+            raise DatasetError(f"{json_path}: categories[{number}] has id {c['id']!r}; ids must be integers or strings")
+    cats = sorted((c for c in categories if isinstance(c, dict) and "id" in c), key=lambda c: (str(type(c["id"])), c["id"]))
     classes = [str(c.get("name", c["id"])) for c in cats]
     cat_to_label = {c["id"]: i for i, c in enumerate(cats)}
     rel_json = _rel(root, json_path)
@@ -110,6 +117,11 @@ def read_coco(json_path: Path, root: Path | None = None, split: str | None = Non
                         split=split, problems=problems, meta=meta)
 
 
+def _is_id(value: Any) -> bool:
+    """COCO ids are integers (strings tolerated); anything else (lists, null, floats) cannot key a lookup."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def _rel(root: Path, path: Path) -> str:
     try:
         return path.resolve().relative_to(root.resolve()).as_posix()
@@ -118,8 +130,9 @@ def _rel(root: Path, path: Path) -> str:
 
 
 def _image(im: Any, number: int, img_dir: Path, root: Path, rel_json: str, problems: list[Problem]) -> Sample | None:
-    if not isinstance(im, dict) or "id" not in im or not im.get("file_name"):
-        problems.append(Problem("invalid_annotation", "error", "", rel_json, f"images[{number}] lacks 'id' or 'file_name'"))
+    if not isinstance(im, dict) or not _is_id(im.get("id")) or not im.get("file_name"):
+        problems.append(Problem("invalid_annotation", "error", "", rel_json,
+                                f"images[{number}] lacks an integer 'id' or a 'file_name'"))
         return None
     file_name = str(im["file_name"])
     try:
@@ -143,13 +156,13 @@ def _annotation(ann: Any, number: int, samples: dict[Any, Sample], cat_to_label:
     if not isinstance(ann, dict):
         problems.append(Problem("invalid_annotation", "error", "", rel_json, f"{where} is not an object"))
         return
-    sample = samples.get(ann.get("image_id"))
+    sample = samples.get(ann.get("image_id")) if _is_id(ann.get("image_id")) else None
     image = _rel(root, sample.image_path) if sample and sample.image_path else ""
     if sample is None:
         problems.append(Problem("invalid_annotation", "error", "", rel_json,
                                 f"{where} refers to image_id {ann.get('image_id')!r}, which is not in 'images'"))
         return
-    if ann.get("category_id") not in cat_to_label:
+    if not _is_id(ann.get("category_id")) or ann.get("category_id") not in cat_to_label:
         problems.append(Problem("unknown_class", "error", image, rel_json,
                                 f"{where} has category_id {ann.get('category_id')!r}, not in 'categories'"))
         return

@@ -7,12 +7,15 @@ text list, or a boxforge dataset YAML (`format`, `root`, `train`, `val`,
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from boxforge.data.formats import coco, common, imagefolder, txtlist, voc, yolo
 from boxforge.data.images import ImageReadError, read_header
 from boxforge.data.index import DatasetIndex, merge_indexes
+from boxforge.data.problems import Problem
+from boxforge.data.safety import is_inside
 from boxforge.errors import DatasetError, UnsafeInputError
 
 FORMATS: tuple[str, ...] = ("voc", "coco", "yolo", "txt", "imagefolder", "imagenet_txt")
@@ -32,15 +35,41 @@ def load_dataset(data: str | Path | list[str | Path], *, split: str | None = Non
         index = _load_many(paths, split, format, classes) if len(paths) > 1 else _load_one(paths[0], split, format, classes)
     else:
         index = _load_one(Path(data), split, format, classes)
+    if not (isinstance(data, (list, tuple)) and len(data) > 1):
+        confine_to_root(index)  # (_load_many confines each part to its own root)
     if fill_sizes:
         fill_missing_sizes(index)
     return index
 
 
+def confine_to_root(index: DatasetIndex) -> None:
+    """The documented path rule (data/safety.py), applied to every reader's output before anything is opened.
+
+    A sample whose image or annotation file is a symlink (or sits below a linked folder) leading outside
+    `index.root` loses that path, so no later step (check, training, --fix) reads, decodes or moves it,
+    and gets an `unsafe_path` error instead.
+    """
+    for sample in index.samples:
+        for attr in ("image_path", "annotation_path"):
+            path = getattr(sample, attr)
+            if path is None or not os.path.lexists(path) or is_inside(index.root, path):
+                continue
+            shown = os.path.relpath(path, index.root)
+            index.problems.append(Problem("unsafe_path", "error", shown if attr == "image_path" else "",
+                                          shown if attr == "annotation_path" else "",
+                                          f"{shown} leads outside the dataset root {index.root} (to "
+                                          f"{os.path.realpath(path)}); refusing to open it"))
+            setattr(sample, attr, None)
+
+
 def _load_many(paths: list[Path], split: str | None, fmt: str | None, classes: list[str] | None) -> DatasetIndex:
     if all(voc.is_devkit_root(p) for p in paths) and fmt in (None, "voc"):
-        return voc.read_voc_roots(paths, split, classes)
+        merged = voc.read_voc_roots(paths, split, classes)
+        confine_to_root(merged)
+        return merged
     parts = [_load_one(p, split, fmt, classes) for p in paths]
+    for part in parts:
+        confine_to_root(part)
     names = [p.name for p in paths]
     if len(set(names)) < len(names):
         names = [f"{i}_{n}" for i, n in enumerate(names)]
@@ -57,6 +86,10 @@ def _load_one(path: Path, split: str | None, fmt: str | None, classes: list[str]
         raise DatasetError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if path.is_file():
         return _load_file(path, split, fmt, classes)
+    if fmt is None and (path / "pack.json").is_file():  # a `boxforge pack` folder
+        from boxforge.data.pack import read_pack
+
+        return read_pack(path, split)
     return _load_dir(path, split, fmt, classes)
 
 

@@ -7,6 +7,7 @@ invalid boxes. Parts and actions are ignored.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from xml.etree.ElementTree import Element
@@ -16,7 +17,7 @@ import numpy as np
 from boxforge.data.formats import common
 from boxforge.data.index import DatasetIndex, Sample, merge_indexes
 from boxforge.data.problems import Problem
-from boxforge.data.safety import parse_xml, regular_file_problem, resolve_inside
+from boxforge.data.safety import is_inside, parse_xml, regular_file_problem, resolve_inside
 from boxforge.errors import DatasetError, UnsafeInputError
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -118,6 +119,11 @@ def _read_annotation(root: Path, img_dir: Path, ann_path: Path, image_id: str, i
                      problems: list[Problem]) -> tuple[Sample, list[tuple[str, np.ndarray, bool, bool]]]:
     rel_ann = _rel(root, ann_path)
     sample = Sample(image_id, image_path or img_dir / f"{image_id}.jpg", annotation_path=ann_path)
+    if not is_inside(root, ann_path):
+        sample.annotation_path = None
+        problems.append(Problem("unsafe_path", "error", "", rel_ann, f"a symlink leading outside the dataset root "
+                                                                     f"(to {os.path.realpath(ann_path)}); refusing to open it"))
+        return sample, []
     why = regular_file_problem(ann_path)
     if why:
         problems.append(Problem("unsafe_path", "error", "", rel_ann, why))
@@ -140,7 +146,10 @@ def _read_annotation(root: Path, img_dir: Path, ann_path: Path, image_id: str, i
             except UnsafeInputError as exc:
                 problems.append(Problem("unsafe_path", "error", "", rel_ann, f"<filename>: {exc}"))
                 sample.image_path = None
-    sample.width, sample.height = _size(tree)
+    sample.width, sample.height, size_problem = _size(tree)
+    if size_problem:
+        problems.append(Problem("invalid_annotation", "error", _rel(root, sample.image_path) if sample.image_path else "",
+                                rel_ann, size_problem))
     objects = []
     for number, obj in enumerate(tree.findall("object"), start=1):
         try:
@@ -151,14 +160,19 @@ def _read_annotation(root: Path, img_dir: Path, ann_path: Path, image_id: str, i
     return sample, objects
 
 
-def _size(tree: Element) -> tuple[int, int]:
+def _size(tree: Element) -> tuple[int, int, str | None]:
+    """(width, height, problem): 0 for a size that is absent or not a pixel count (read from the header later)."""
     size = tree.find("size")
     if size is None:
-        return 0, 0
+        return 0, 0, None
+    texts = [(size.findtext(tag) or "0").strip() for tag in ("width", "height")]
     try:
-        return int(float(size.findtext("width") or 0)), int(float(size.findtext("height") or 0))
+        values = [float(t) for t in texts]
     except ValueError:
-        return 0, 0
+        return 0, 0, None
+    if not all(math.isfinite(v) and 0 <= v < 2**31 for v in values):
+        return 0, 0, f"<size> {texts[0]!r} x {texts[1]!r} is not a pixel count"
+    return int(values[0]), int(values[1]), None
 
 
 def _number(node: Element, tag: str) -> float:
@@ -175,7 +189,7 @@ def _flag(obj: Element, tag: str) -> bool:
     text = (obj.findtext(tag) or "0").strip()
     try:
         return bool(int(float(text)))
-    except ValueError:
+    except (ValueError, OverflowError):  # "true", or nan / inf, which no tool writes for a flag
         return text.lower() == "true"
 
 
@@ -186,7 +200,8 @@ def _object(obj: Element) -> tuple[str, np.ndarray, bool, bool]:
     box = obj.find("bndbox")
     if box is None:
         raise ValueError(f"{name!r} has no <bndbox>")
-    coords = np.array([_number(box, t) for t in ("xmin", "ymin", "xmax", "ymax")], dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32: inf, which `check` reports as a non-finite box
+        coords = np.array([_number(box, t) for t in ("xmin", "ymin", "xmax", "ymax")], dtype=np.float32)
     return name, coords, _flag(obj, "difficult"), _flag(obj, "truncated")
 
 

@@ -20,7 +20,7 @@ from boxforge.data.formats import common
 from boxforge.data.images import ImageReadError, read_header
 from boxforge.data.index import DatasetIndex, Sample
 from boxforge.data.problems import Problem
-from boxforge.data.safety import read_bytes_bounded, regular_file_problem, resolve_inside
+from boxforge.data.safety import is_inside, read_bytes_bounded, regular_file_problem, resolve_inside
 from boxforge.errors import DatasetError, UnsafeInputError
 
 IMAGE_DIR_NAMES = ("images", "Images", "JPEGImages")
@@ -205,6 +205,10 @@ def _sample(root: Path, image_id: str, image_path: Path, label_path: Path, num_c
     if not label_path.is_file():
         problems.append(Problem("missing_annotation", "warning", rel_img, "", "no label file: treated as a background image"))
         return sample
+    if not is_inside(root, label_path):
+        problems.append(Problem("unsafe_path", "error", rel_img, rel_lbl, f"label file leads outside the dataset root "
+                                                                        f"(to {os.path.realpath(label_path)}); refusing to open it"))
+        return sample
     sample.annotation_path = label_path
     why = regular_file_problem(label_path)
     rows = []
@@ -215,7 +219,7 @@ def _sample(root: Path, image_id: str, image_path: Path, label_path: Path, num_c
         rows = _parse_rows(text, num_classes, rel_img, rel_lbl, problems)
     except (UnsafeInputError, UnicodeDecodeError) as exc:
         problems.append(Problem("unsafe_path" if why else "invalid_annotation", "error", rel_img, rel_lbl, str(exc)))
-    if not rows:
+    if not rows or not is_inside(root, image_path):  # an image outside the root: load_dataset reports it
         return sample
     try:
         header = read_header(image_path)

@@ -1,18 +1,23 @@
-"""Checkpoints: atomic writes, refusal of unsafe or broken files, fallback to the previous good one."""
+"""Checkpoints: atomic writes, refusal of unsafe or broken files, fallback to the previous good one, and a
+full disk that loses nothing. (Moved here from tests/engine/test_checkpoint.py and extended.)"""
 
 from __future__ import annotations
 
 import os
 import pickle
+import resource
+import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
 from boxforge.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, find_resume, load_checkpoint, prune_snapshots,
                                  save_checkpoint)
+from tests.reliability.conftest import run_cli, train_args
 
 
 def state(step: int) -> dict:
@@ -89,3 +94,61 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path):
     assert "DISKFULL" in out.stdout and "disk full" in out.stdout, out.stdout + out.stderr
     assert (tmp_path / "last.pt").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def _bad_last(kind: str, folder: Path) -> None:
+    good = (folder / "step-8.pt").read_bytes()
+    if kind == "truncated":
+        (folder / "last.pt").write_bytes(good[: len(good) // 3])
+    elif kind == "random":
+        (folder / "last.pt").write_bytes(os.urandom(len(good)))
+    else:
+        torch.save({**state(12), "model": Evil()}, folder / "last.pt")
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random", "pickle_with_code"])
+def test_each_kind_of_bad_checkpoint_is_refused_and_resume_falls_back(tmp_path, monkeypatch, kind):
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint(state(4), tmp_path / "step-4.pt")
+    save_checkpoint(state(8), tmp_path / "step-8.pt")
+    _bad_last(kind, tmp_path)
+    messages: list[str] = []
+    path, loaded = find_resume(tmp_path, log=messages.append)
+    assert path.name == "step-8.pt" and loaded["global_step"] == 8
+    [message] = messages
+    assert message.startswith(f"skipping {tmp_path / 'last.pt'}: ")
+    expected = "refused: the file needs pickled code" if kind == "pickle_with_code" else "not a readable checkpoint"
+    assert expected in message and "\n" not in message
+    assert not (tmp_path / "pwned").exists()  # the pickle's code never ran
+
+
+def _limit_file_size(limit: int):
+    def apply() -> None:  # in the child: writes past `limit` bytes fail with EFBIG, as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.slow
+def test_disk_full_during_training_stops_cleanly_or_continues_per_flag(synth_set, tmp_path):
+    run = tmp_path / "run"
+    first = run_cli(train_args(synth_set, run, "--iterations", "4", "--val-every", "100"))
+    assert first.returncode == 0, first.stderr
+    before = (run / "last.pt").read_bytes()
+    assert len(before) > 2_000_000  # so a 2 MB file-size limit stops every checkpoint write
+    more = train_args(synth_set, run, "--iterations", "8", "--val-every", "100", "--resume", "auto")
+
+    stop = run_cli(more, preexec_fn=_limit_file_size(2_000_000))
+    assert stop.returncode == 2, stop.stderr
+    assert "Traceback" not in stop.stderr
+    assert "disk full while saving the checkpoint; the previous checkpoint is intact" in stop.stderr
+    assert str(run / "last.pt") in stop.stderr
+    assert (run / "last.pt").read_bytes() == before
+    assert not list(run.glob(".*.tmp-*"))
+
+    go_on = run_cli(more + ["--on-disk-full", "continue"], preexec_fn=_limit_file_size(2_000_000))
+    assert go_on.returncode == 0, go_on.stderr
+    assert "training continues (--on-disk-full continue)" in go_on.stdout
+    assert "done: 8 steps" in go_on.stdout
+    assert (run / "last.pt").read_bytes() == before  # every later save failed; the old one is untouched
+    assert not list(run.glob(".*.tmp-*"))

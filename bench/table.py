@@ -1,0 +1,181 @@
+"""The README performance table, generated from bench/results/*.json.
+
+Writes the markdown between the markers `<!-- bench:start -->` and `<!-- bench:end -->` in
+README.md (or prints it with --print). Each row: the figure, boxforge, the baseline measured
+in the same run, the ratio, the target and whether it is met. A result file that is missing
+is left out, so the table never shows a number that was not measured.
+
+    python bench/table.py [--readme README.md] [--print]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+Row = tuple[str, str, str, str, str]
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _met(flag: bool | None) -> str:
+    return "" if flag is None else ("met" if flag else "**missed**")
+
+
+def data_rows(doc: dict[str, Any]) -> list[Row]:
+    rows = []
+    for set_name, entry in doc["sets"].items():
+        res = entry["results"]
+        for workers in sorted({r["workers"] for r in res}):
+            by = {r["variant"]: r for r in res if r["workers"] == workers}
+            ref = by["reference (PIL, v2 ssdlite preset)"]["samples_per_s"]
+            who = "1 process" if workers == 0 else f"{workers} workers"
+            ours = by["boxforge, ssdlite augmentations"]["samples_per_s"]
+            rows.append((f"data pipeline, {set_name} ({entry['images']} imgs), {who}, samples/s", f"{ours:.1f}",
+                         f"{ref:.1f} (reference)", f"{ours / ref:.2f}x", ""))
+            for variant in sorted(v for v in by if ", pack " in v):
+                packed = by[variant]["samples_per_s"]
+                rows.append((f"data pipeline, {set_name}, {who}, {variant.rsplit(', ', 1)[1]}, samples/s",
+                             f"{packed:.1f}", f"{ours:.1f} (boxforge from JPEGs)", f"{packed / ours:.2f}x", ""))
+            ssd_ref = by.get("reference (PIL, v2 ssd preset)")
+            if ssd_ref:
+                ours = by["boxforge, default ssd recipe"]["samples_per_s"]
+                ratio = ours / ssd_ref["samples_per_s"]
+                why = "**slower**: see `op_profile` in the JSON" if ratio < 1 else ""
+                rows.append((f"data pipeline, {set_name}, {who}, `ssd` augmentations, samples/s", f"{ours:.1f}",
+                             f"{ssd_ref['samples_per_s']:.1f} (reference)", f"{ratio:.2f}x", why))
+                cand = by.get("boxforge, ssd recipe, colour jitter first (previous order)")
+                if cand:
+                    rows.append((f"data pipeline, {set_name}, {who}, `ssd` with colour jitter first (the reference "
+                                 "order), samples/s", f"{cand['samples_per_s']:.1f}",
+                                 f"{ssd_ref['samples_per_s']:.1f} (reference)",
+                                 f"{cand['samples_per_s'] / ssd_ref['samples_per_s']:.2f}x", ""))
+    return rows
+
+
+def train_rows(doc: dict[str, Any]) -> list[Row]:
+    rows = []
+    for name, m in doc["models"].items():
+        ref, ours = m["reference"], m["boxforge"]
+        r = ref.get("median", ref.get("img_per_s"))
+        o = ours.get("median", ours.get("img_per_s"))
+        rows.append((f"training {name} @{m['img_size']}, CPU, img/s", f"{o:.2f}", f"{r:.2f} (reference defaults)",
+                     f"{o / r:.2f}x", ""))
+        one = m.get("reference_1_thread")
+        if one:
+            r1 = one.get("median", one.get("img_per_s"))
+            why = "**not faster**: see \"Reading the training rows\" below" if o < 1.05 * r1 else ""
+            rows.append((f"training {name}, vs the reference with 1 intra-op thread", f"{o:.2f}", f"{r1:.2f}",
+                         f"{o / r1:.2f}x", why))
+        if "voc12_map" in ours:
+            ok = ours["voc12_map"] >= ref["voc12_map"] - 0.02
+            rows.append((f"VOC12 mAP of {name} after {ours['images']} training images", f"{ours['voc12_map']:.3f}",
+                         f"{ref['voc12_map']:.3f}", "", f"not below baseline - 0.02: {_met(ok)}"))
+    gpu = doc.get("gpu", {})
+    if "ssd300_vgg16_amp" in gpu:
+        rows.append((f"training ssd300_vgg16 AMP on {gpu['device']}, img/s",
+                     f"{gpu['ssd300_vgg16_amp']['img_per_s']:.0f}", "724 (SSD300-RN50, A100, published)", "", ""))
+    else:
+        rows.append(("training ssd300_vgg16 AMP on GPU, img/s", "no GPU here", "724 (SSD300-RN50, A100, published)",
+                     "", ""))
+    return rows
+
+
+def eval_rows(doc: dict[str, Any]) -> list[Row]:
+    cases = {c["case"]: c for c in doc["cases"]}
+    voc = cases["voc07+voc12 (boxforge numpy)"]
+    rows = [(f"VOC07+12 AP, {voc['images']} imgs x {voc['classes']} classes x {voc['detections'] // voc['images']} "
+             "dets, s", f"{voc['median_s']:.2f}", "", "", f"< 1 s: {_met(voc['median_s'] < 1.0)}")]
+    if "coco" in doc:
+        fast, plain = cases["coco (boxforge evaluate_coco)"], cases["coco (plain pycocotools)"]
+        rows.append((f"COCO AP, {fast['images']} imgs ({doc['coco']['backend']}), s", f"{fast['median_s']:.2f}",
+                     f"{plain['median_s']:.2f}", f"{doc['coco']['speedup']:.2f}x",
+                     f">= 3x: {_met(doc['coco']['met'])}"))
+    return rows
+
+
+def inference_rows(doc: dict[str, Any]) -> list[Row]:
+    rows = []
+    by = {(r["model"], r["batch"], r["backend"]): r for r in doc["results"]}
+    targets = {t["model"]: t for t in doc.get("batch1_targets", [])}
+    for model, batch in sorted({(m, b) for m, b, _ in by}):
+        ort, eager = by[(model, batch, "onnxruntime")], by[(model, batch, "pytorch")]
+        target = ""
+        if batch == 1:
+            met = targets[model]["met"] if model in targets else eager["ms_per_image"] / ort["ms_per_image"] >= 2
+            target = f">= 2x: {_met(met)}"
+        rows.append((f"inference {model} batch {batch}, ms/img (onnxruntime vs eager)", f"{ort['ms_per_image']:.1f}",
+                     f"{eager['ms_per_image']:.1f}", f"{eager['ms_per_image'] / ort['ms_per_image']:.2f}x", target))
+    return rows
+
+
+def check_rows(doc: dict[str, Any]) -> list[Row]:
+    s = doc["check"]["median_s"]
+    return [(f"`boxforge check` of {doc['images']} images, s", f"{s:.1f}", "", "", f"< 30 s: {_met(s < 30)}")]
+
+
+def memory_rows(doc: dict[str, Any]) -> list[Row]:
+    t = doc["training"]
+    g = max(abs(v) for v in t["growth_last_vs_second"].values())
+    rows = [(f"training RSS, last vs 2nd of {t['epochs']} epochs (2 workers)", f"{100 * g:+.1f}%", "", "",
+             f"within 5%: {_met(t['met'])}")]
+    c = doc["copy_on_read"]
+    ours = c["boxforge (numpy arrays, forkserver)"]
+    ref = c["reference (list of dicts, fork)"]
+    rows.append((f"per-worker memory growth over one epoch of a {c['samples']}-sample index, MiB (USS at the end)",
+                 f"{max(ours['growth_mib']):.1f} ({max(ours['uss_peak_mib']):.0f})",
+                 f"{max(ref['growth_mib']):.1f} ({max(ref['uss_peak_mib']):.0f}), list of dicts + fork", "",
+                 f"no copy-on-read: {_met(max(ours['growth_mib']) < 0.05 * max(ours['uss_peak_mib']))}"))
+    return rows
+
+
+def table() -> str:
+    rows: list[Row] = []
+    machines = []
+    for name, fn in (("data_pipeline", data_rows), ("train_speed", train_rows), ("eval_speed", eval_rows),
+                     ("inference_speed", inference_rows), ("check_speed", check_rows), ("memory_rss", memory_rows)):
+        doc = load(name)
+        if doc is not None:
+            rows += fn(doc)
+            machines.append(doc["machine"])
+    lines = ["| figure | boxforge | baseline, same run | ratio | target |", "|---|---|---|---|---|"]
+    lines += [f"| {' | '.join(r)} |" for r in rows]
+    if machines:
+        m = machines[0]
+        loads = [x.get("load_avg_1m_at_write") for x in machines if x.get("load_avg_1m_at_write") is not None]
+        note = next((x["note"] for x in machines if x.get("note")), None)
+        lines.append("")
+        lines.append(f"Measured by `make bench` on {m.get('cores', m.get('cpus_usable'))} CPU cores, torch "
+                     f"{m.get('torch')}" + (f"; 1-minute load average {min(loads):.1f}-{max(loads):.1f} when the "
+                                             "results were written" if loads else "") + (f"; {note}" if note else "")
+                     + ". Baselines: bench/reference.py; details and spreads in bench/results/*.json.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--readme", type=Path, default=Path(__file__).resolve().parents[1] / "README.md")
+    ap.add_argument("--print", action="store_true", help="print the table instead of writing the README")
+    args = ap.parse_args()
+    text = table()
+    if args.print:
+        print(text)
+        return
+    readme = args.readme.read_text(encoding="utf-8")
+    if START not in readme or END not in readme:
+        raise SystemExit(f"{args.readme}: no {START} ... {END} markers; add them where the table belongs")
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    args.readme.write_text(pattern.sub(lambda _: f"{START}\n{text}\n{END}", readme, count=1), encoding="utf-8")
+    print(f"performance table written to {args.readme}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""`eval --task classify` and `predict` for classifiers: Acc@1/Acc@5 on a dataset, top-k on image files.
+
+Eval prints progress lines in the torchvision references' format,
+`Test: [ 100/1563] eta: 0:01:49 loss 1.1036 (0.8832) acc1 65.6 (77.3) acc5 90.6 (93.0) time 0.0459 data
+0.0055 max mem 966` (last batch, then running average in brackets; seconds per batch; MB), and a final
+` * Acc@1 71.878 Acc@5 90.286`. The model's classes are matched to the dataset's by name, so a model
+trained on ImageNet's wnid folders evaluates on any tree with the same folder names.
+"""
+
+from __future__ import annotations
+
+import datetime
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from boxforge.classifier import ClassifierBackend, load_classifier_backend, preprocess
+from boxforge.data.formats.detect import load_dataset
+from boxforge.data.index import DatasetIndex
+from boxforge.data.loading import make_loader, read_image
+from boxforge.errors import BoxforgeError
+from boxforge.evaluation.topk import TopKMeter
+
+_READ_ERRORS = (OSError, ValueError, RuntimeError, BoxforgeError)
+
+
+class _Images(Dataset):
+    """(image (3, S, S) float 0..1, label, error) per file; a bad file gives zeros and its error, never raises."""
+
+    def __init__(self, items: list[tuple[Path, int]], img_size: int) -> None:
+        self.items, self.size, self.transform = items, img_size, preprocess(img_size)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        path, label = self.items[i]
+        try:
+            return self.transform(read_image(path)).as_subclass(torch.Tensor), label, ""
+        except _READ_ERRORS as exc:
+            text = str(exc)
+            return torch.zeros(3, self.size, self.size), label, text if str(path) in text else f"{path}: {text}"
+
+
+def _max_mem_mb(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device) / 2**20)
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+@dataclass
+class ClassifyEvalReport:
+    meter: TopKMeter
+    data: str
+    split: str | None
+    source: str
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    plots: list[Path] = field(default_factory=list)  # none yet; the detection report's field, for the CLI
+    task: str = "classify"
+
+    @property
+    def results(self) -> dict[str, Any]:
+        return self.meter.to_json()
+
+    def header(self) -> str:
+        split = f" split {self.split}" if self.split else " (all images)"
+        return f"{self.data}{split}: {self.meter.count} images, {len(self.meter.class_names)} classes; {self.source}"
+
+    def table(self) -> str:
+        worst = sorted((v["acc1"], k) for k, v in self.meter.per_class().items() if v["acc1"] is not None)[:3]
+        lines = [f"loss {self.meter.loss:.4f}  Acc@1 {self.meter.acc1:.3f}  Acc@5 {self.meter.acc5:.3f}"]
+        if worst:
+            lines.append("lowest per-class Acc@1: " + ", ".join(f"{k} {a:.1f}" for a, k in worst))
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": "classify", "data": self.data, "split": self.split, "model": self.source,
+                **self.results, "skipped": self.skipped, "seconds": self.seconds}
+
+
+def _label_map(index: DatasetIndex, classes: list[str], weights: str | Path, notes: list[str]) -> np.ndarray:
+    """Dataset label -> model label (-1: the model does not know that class)."""
+    mapping = np.array([classes.index(c) if c in classes else -1 for c in index.classes], np.int64)
+    if (mapping < 0).all():
+        raise BoxforgeError(f"{weights}: the model's classes ({', '.join(classes[:5])}, ...) share no name with "
+                            f"the dataset's ({', '.join(index.classes[:5])}, ...)")
+    unknown = [c for c, m in zip(index.classes, mapping) if m < 0]
+    if unknown:
+        notes.append(f"{len(unknown)} dataset classes are unknown to the model ({', '.join(unknown[:5])}); "
+                     "their images are left out")
+    return mapping
+
+
+def _progress(i: int, total: int, last: dict[str, float], meter: TopKMeter, batch_s: float, data_s: float,
+              elapsed: float, device: torch.device) -> str:
+    eta = datetime.timedelta(seconds=int(elapsed / i * (total - i)))
+    width = len(str(total))
+    return (f"Test: [{i:{width}d}/{total}] eta: {eta} loss {last['loss']:.4f} ({meter.loss:.4f}) "
+            f"acc1 {last['acc1']:.1f} ({meter.acc1:.1f}) acc5 {last['acc5']:.1f} ({meter.acc5:.1f}) "
+            f"time {batch_s:.4f} data {data_s:.4f} max mem {_max_mem_mb(device)}")
+
+
+def evaluate_classifier(data: str | Path | Sequence[str | Path] | DatasetIndex, *, weights: str | Path,
+                        split: str | None = None, format: str | None = None, batch_size: int = 32,
+                        device: str = "auto", workers: int = 0, prefer_ema: bool = True, progress: bool = True,
+                        print_every: int = 100, stream: TextIO = sys.stdout) -> ClassifyEvalReport:
+    """Loss, Acc@1, Acc@5, per-class accuracy and the confusion matrix of `weights` on DATA's split."""
+    from boxforge.evaluating import default_split
+
+    start = time.perf_counter()
+    if isinstance(data, DatasetIndex):
+        index, name = data, str(data.root)
+    else:
+        split = split if split is not None else default_split(data)
+        index = load_dataset(data if not isinstance(data, (list, tuple)) or len(data) > 1 else data[0],
+                             split=split, format=format)
+        name = " ".join(map(str, data)) if isinstance(data, (list, tuple)) else str(data)
+    if index.task != "classify":
+        raise BoxforgeError(f"{name}: a {index.task} dataset; eval --task classify needs class folders or an "
+                            "imagenet_txt list")
+    backend = load_classifier_backend(weights, device, prefer_ema=prefer_ema)
+    notes = list(backend.notes)
+    mapping = _label_map(index, backend.classes, weights, notes)
+    items = [(s.image_path, int(mapping[s.label])) for s in index.samples if s.image_path and mapping[s.label] >= 0]
+    meter = TopKMeter(backend.classes)
+    report = ClassifyEvalReport(meter, name, index.split, _describe(weights, backend), notes=notes)
+    loader = make_loader(_Images(items, backend.img_size), batch_size, workers=workers)
+    total, tick, began = len(loader), time.perf_counter(), time.perf_counter()
+    dev = getattr(backend, "device", torch.device("cpu"))
+    for i, (images, labels, errors) in enumerate(loader, start=1):
+        loaded = time.perf_counter()
+        ok = torch.tensor([not e for e in errors])
+        report.skipped.extend(e for e in errors if e)
+        last = meter.update(backend.run(images[ok]), labels[ok]) if ok.any() else meter.last
+        now = time.perf_counter()
+        if progress and last and (i % print_every == 0 or i == total):
+            print(_progress(i, total, last, meter, now - tick, loaded - tick, now - began, dev), file=stream,
+                  flush=True)
+        tick = now
+    if progress:
+        print(f" * Acc@1 {meter.acc1:.3f} Acc@5 {meter.acc5:.3f}", file=stream, flush=True)
+    if report.skipped:
+        notes.append(f"{len(report.skipped)} images could not be read and are left out")
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _describe(weights: str | Path, backend: ClassifierBackend) -> str:
+    meta = backend.meta
+    where = f"{meta.kind}, {meta.weights} weights" if meta.weights else meta.kind
+    return f"{Path(weights).name} ({meta.model_name}, {where})"
+
+
+@dataclass
+class ClassifyPredictReport:
+    out: Path
+    model: str
+    top_k: int
+    images: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # images per top-1 class
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    predictions_file: Path | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        rate = self.images / self.seconds if self.seconds > 0 else float("nan")
+        lines = [f"note: {note}" for note in self.notes]
+        lines.append(f"{self.images} images classified ({rate:.1f} img/s) with {self.model}; top-1 counts:")
+        width = max((len(n) for n in self.counts), default=5)
+        lines += [f"  {name.ljust(width)}  {count}" for name, count in self.counts.items() if count]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} unreadable images:")
+            lines += [f"  {reason}" for _, reason in self.skipped[:10]]
+        if self.predictions_file:
+            lines.append(f"predictions (top {self.top_k} with probabilities): {self.predictions_file}")
+        return "\n".join(lines)
+
+
+def predict_classes(weights: str | Path, sources: Sequence[str | Path], *, out: str | Path = "runs/predict",
+                    top_k: int = 5, json_path: str | Path | None = None, batch_size: int = 32, device: str = "auto",
+                    workers: int = 0, prefer_ema: bool = True) -> ClassifyPredictReport:
+    """Top-k classes with probabilities for every image SOURCES name; written to OUT/predictions.json as
+    {"task": "classify", "classes", "top_k", "predictions": [{"image", "path", "top": [{"label", "score"}]}]}."""
+    from boxforge.predicting import _write_json
+    from boxforge.sources import resolve_sources
+
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise BoxforgeError(f"--top-k {top_k!r}: allowed an integer >= 1")
+    out = Path(out)
+    items = resolve_sources(sources, exclude=out)
+    backend = load_classifier_backend(weights, device, prefer_ema=prefer_ema)
+    classes = list(backend.classes)
+    k = min(top_k, len(classes))
+    report = ClassifyPredictReport(out, _describe(weights, backend), k, counts={c: 0 for c in classes},
+                                   notes=list(backend.notes))
+    entries: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    loader = make_loader(_Images([(path, 0) for _, path in items], backend.img_size), batch_size, workers=workers)
+    done = 0
+    for images, _, errors in loader:
+        batch = items[done:done + len(errors)]
+        batch_paths = [path for _, path in batch]
+        done += len(errors)
+        ok = [i for i, e in enumerate(errors) if not e]
+        report.skipped.extend((batch_paths[i], e) for i, e in enumerate(errors) if e)
+        if not ok:
+            continue
+        probs = backend.run(images[ok])
+        scores, labels = probs.topk(k, dim=1)
+        for row, i in enumerate(ok):
+            top = [{"label": classes[int(c)], "score": round(float(s), 6)} for s, c in zip(scores[row], labels[row])]
+            entries.append({"image": batch[i][0], "path": str(batch_paths[i]), "top": top})
+            report.counts[top[0]["label"]] += 1
+            report.images += 1
+    report.seconds = time.perf_counter() - start
+    report.predictions_file = _write_json(Path(json_path) if json_path else out / "predictions.json",
+                                          {"task": "classify", "classes": classes, "top_k": k,
+                                           "predictions": entries, "model": str(weights)})
+    return report

@@ -1,0 +1,178 @@
+"""What differs between training a detector and a classifier, behind one small seam.
+
+`fit()` runs one loop for every task; a task object supplies the parts that differ:
+the training dataset (transforms) and its collate, moving a batch to the device (and
+mixing it, for MixUp/CutMix), the loss dict from the model's output, a description of
+a bad batch, validation metrics and the metric that chooses best.pt.
+
+    detect:   targets = list of {"boxes", "labels", "image_id"} dicts; loss from the detector itself;
+              best.pt by VOC12 mAP.
+    classify: targets = (B,) int64 class indexes, or (B, C) soft labels after MixUp/CutMix;
+              cross-entropy (with label smoothing) of the (B, C) logits; best.pt by Acc@1.
+
+Randomness: MixUp/CutMix draw from torch's global RNG in the training process (not in data
+workers), and that RNG state is in every checkpoint, so exact resume holds for them too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from boxforge.config import TrainConfig
+from boxforge.data.index import DatasetIndex
+from boxforge.data.loading import ClassificationDataset, DetectionDataset, detection_collate, make_loader
+from boxforge.data.transforms import classification_transforms, detection_transforms
+from boxforge.errors import BoxforgeError
+from boxforge.evaluation.topk import TopKMeter
+
+TASKS: tuple[str, ...] = ("detect", "classify")
+
+
+class Task(Protocol):
+    name: str
+    best_key: str  # key of validate()'s metrics that picks best.pt (higher is better)
+    best_label: str  # how the log names it
+    collate: Callable[[list[Any]], Any] | None
+
+    def train_dataset(self, index: DatasetIndex, img_size: int) -> Dataset: ...
+
+    def to_device(self, images: Any, targets: Any, device: torch.device) -> tuple[Any, Any]: ...
+
+    def losses(self, model: nn.Module, images: Any, targets: Any) -> dict[str, Tensor]: ...
+
+    def describe_batch(self, targets: Any) -> str: ...
+
+    def validate(self, model: nn.Module, index: DatasetIndex, *, device: torch.device, batch_size: int,
+                 amp_dtype: torch.dtype | None) -> dict[str, float]: ...
+
+
+def resolve_task(cfg: TrainConfig) -> str:
+    """--task if given (it must agree with the model), else the model's task from the registry."""
+    from boxforge.models import MODEL_TASKS, models_for
+
+    model_task = MODEL_TASKS.get(cfg.model)
+    if cfg.task is None:
+        return model_task or "detect"
+    if cfg.task not in TASKS:
+        raise BoxforgeError(f"--task {cfg.task!r}; choose one of: {', '.join(TASKS)}")
+    if model_task is not None and model_task != cfg.task:
+        raise BoxforgeError(f"--task {cfg.task} with --model {cfg.model}, a {model_task} model; "
+                            f"{cfg.task} models: {', '.join(models_for(cfg.task))}")
+    return cfg.task
+
+
+def make_task(cfg: TrainConfig, classes: list[str]) -> Task:
+    """The task object for this run; `classes` are the dataset's (and the model's) class names."""
+    name = resolve_task(cfg)
+    return ClassifyTask(cfg, len(classes)) if name == "classify" else DetectTask(cfg)
+
+
+def check_index_task(task: Task, index: DatasetIndex, what: str) -> None:
+    if index.task != task.name:
+        hint = ("a folder per class (ImageFolder) or an imagenet_txt list" if task.name == "classify"
+                else "boxes (VOC, COCO, YOLO or txt)")
+        raise BoxforgeError(f"{index.root}: the {what} data is a {index.task} dataset ({index.format}) but the "
+                            f"run trains a {task.name} model; it needs {hint}")
+
+
+class DetectTask:
+    """SSD-style detectors: the model computes its own losses from (images, targets)."""
+
+    name, best_key, best_label = "detect", "voc12_map", "VOC12 mAP"
+    collate = staticmethod(detection_collate)
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+
+    def train_dataset(self, index: DatasetIndex, img_size: int) -> Dataset:
+        return DetectionDataset(index, detection_transforms(True, img_size), strict=self.cfg.strict_data)
+
+    def to_device(self, images: Any, targets: list[dict[str, Any]], device: torch.device) -> tuple[Any, Any]:
+        images = (images.to(device, non_blocking=True) if isinstance(images, Tensor)
+                  else [im.to(device) for im in images])
+        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device), "image_id": t["image_id"]}
+                   for t in targets]
+        return images, targets
+
+    def losses(self, model: nn.Module, images: Any, targets: Any) -> dict[str, Tensor]:
+        return model(images, targets)
+
+    def describe_batch(self, targets: list[dict[str, Any]]) -> str:
+        return "last batch: " + ", ".join(t["image_id"] for t in targets)
+
+    def validate(self, model: nn.Module, index: DatasetIndex, *, device: torch.device, batch_size: int,
+                 amp_dtype: torch.dtype | None) -> dict[str, float]:
+        from boxforge.engine.validate import validate
+
+        return validate(model, index, device=device, batch_size=batch_size, amp_dtype=amp_dtype)
+
+
+def mixup_cutmix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> nn.Module | None:
+    """torchvision references' batch mixing: MixUp and/or CutMix, one of them chosen per batch."""
+    choices: list[nn.Module] = []
+    if mixup_alpha > 0:
+        choices.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+    if cutmix_alpha > 0:
+        choices.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+    if not choices:
+        return None
+    return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+
+
+class ClassifyTask:
+    """torchvision classifiers: logits (B, C), cross-entropy with label smoothing, MixUp/CutMix."""
+
+    name, best_key, best_label = "classify", "acc1", "Acc@1"
+    collate = None  # torch's default: (B, 3, S, S) float images, (B,) int64 labels
+
+    def __init__(self, cfg: TrainConfig, num_classes: int) -> None:
+        if cfg.freeze:
+            raise BoxforgeError(f"--freeze {cfg.freeze} is for detectors; to fine-tune only a classifier's last "
+                                "layer, train it with a small --lr instead")
+        self.cfg = cfg
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.mix = mixup_cutmix(cfg.mixup_alpha, cfg.cutmix_alpha, num_classes)
+
+    def train_dataset(self, index: DatasetIndex, img_size: int) -> Dataset:
+        transform = classification_transforms(True, img_size, auto_augment=self.cfg.auto_augment,
+                                              random_erase=self.cfg.random_erase,
+                                              crop_scale=(self.cfg.crop_scale, 1.0))
+        return ClassificationDataset(index, transform, strict=self.cfg.strict_data)
+
+    def to_device(self, images: Tensor, targets: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+        images = images.as_subclass(Tensor).to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if self.mix is not None:
+            images, targets = self.mix(images, targets)
+        return images, targets
+
+    def losses(self, model: nn.Module, images: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        logits = model(images)
+        return {"classification": self.criterion(logits.float(), targets)}
+
+    def describe_batch(self, targets: Tensor) -> str:
+        return f"last batch: {len(targets)} images"
+
+    def validate(self, model: nn.Module, index: DatasetIndex, *, device: torch.device, batch_size: int,
+                 amp_dtype: torch.dtype | None) -> dict[str, float]:
+        """loss, acc1, acc5 (percent) on `index` with the eval transforms (resize S/0.875, centre crop S)."""
+        meter = TopKMeter(list(index.classes))
+        dataset = ClassificationDataset(index, classification_transforms(False, int(model.img_size)))
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for images, labels in make_loader(dataset, batch_size, workers=self.cfg.workers,
+                                                  timeout=self.cfg.stall_timeout):
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        logits = model(images.as_subclass(Tensor).to(device))
+                    meter.update(logits.float().softmax(dim=1), labels)
+        finally:
+            model.train(was_training)
+        return meter.summary()

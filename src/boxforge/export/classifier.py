@@ -1,0 +1,126 @@
+"""Export a classification checkpoint to ONNX: normalisation and softmax inside the graph.
+
+The graph (`classifier.ProbabilityModel`) takes `images (B, 3, S, S)` float32 RGB in 0..1 (the
+picture's short side resized to S / 0.875, then centre-cropped to S: training's evaluation
+transform) and returns `probabilities (B, C)`. Metadata (`onnx.load(path).metadata_props`): task
+"classify", model_name, img_size, resize_size, class_names (JSON), normalization (JSON),
+boxforge_version. After writing, the file and the checkpoint are run on the same images and must
+agree (same top-1, probabilities within PARITY_ATOL); a mismatch is an error and leaves no file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from boxforge.classifier import OnnxClassifier, ProbabilityModel, load_classifier, preprocess
+from boxforge.data.loading import read_image
+from boxforge.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from boxforge.export.onnx import DEFAULT_OPSET, ExportError
+from boxforge.predictor import ModelMeta
+
+PARITY_ATOL = 1e-4
+INPUT_FORMAT = ("images: (B, 3, S, S) float32 RGB in 0..1: short side resized to S / 0.875, centre crop S; "
+                "mean/std normalisation happens inside the graph")
+OUTPUT_FORMAT = "probabilities: (B, C) float32 softmax over class_names"
+
+
+@dataclass
+class ClassifierExportReport:
+    path: Path
+    img_size: int
+    opset: int
+    dynamic_batch: bool
+    weights: str
+    max_abs_diff: float | None
+    size_bytes: int
+
+    def summary(self) -> str:
+        batch = "dynamic batch" if self.dynamic_batch else "batch 1"
+        parity = ("parity not checked" if self.max_abs_diff is None else
+                  f"parity: same top-1, max probability difference {self.max_abs_diff:.2e} (limit {PARITY_ATOL:g})")
+        return (f"exported {self.path} ({self.size_bytes / 1e6:.1f} MB, opset {self.opset}, input (B, 3, "
+                f"{self.img_size}, {self.img_size}), {batch}, {self.weights} weights, softmax in the graph)\n"
+                f"  {parity}")
+
+
+def export_classifier(weights: str | Path, out: str | Path, *, img_size: int | None = None,
+                      opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
+                      check_images: list[str | Path] | None = None, check: bool = True,
+                      prefer_ema: bool = True) -> ClassifierExportReport:
+    """Write `out` (.onnx) from the classification checkpoint `weights` and check it (see module docstring)."""
+    model, meta = load_classifier(weights, "cpu", prefer_ema=prefer_ema)
+    size = int(img_size or meta.img_size)  # torchvision classifiers pool adaptively: any size runs
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".onnx", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        _trace(model, tmp, size, opset, dynamic_batch)
+        _write_metadata(tmp, meta, size)
+        diff = _check_parity(model, tmp, size, check_images) if check else None
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ClassifierExportReport(out, size, opset, dynamic_batch, meta.weights, diff, out.stat().st_size)
+
+
+def _trace(model: ProbabilityModel, path: Path, size: int, opset: int, dynamic_batch: bool) -> None:
+    example = torch.rand(2 if dynamic_batch else 1, 3, size, size)
+    axes = {"images": {0: "batch"}, "probabilities": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=["images"], output_names=["probabilities"], dynamic_axes=axes,
+                              do_constant_folding=True)
+        except Exception as exc:  # the exporter raises many types; one line is what the user needs
+            raise ExportError(f"ONNX export failed (opset {opset}): {str(exc).splitlines()[0]}") from exc
+
+
+def _write_metadata(path: Path, meta: ModelMeta, size: int) -> None:
+    import onnx
+
+    from boxforge import __version__
+
+    proto = onnx.load(str(path))
+    props = {
+        "boxforge_version": __version__, "task": "classify", "model_name": meta.model_name, "img_size": str(size),
+        "resize_size": str(round(size / 0.875)), "class_names": json.dumps(list(meta.class_names)),
+        "num_classes": str(len(meta.class_names)), "input_format": INPUT_FORMAT, "output_format": OUTPUT_FORMAT,
+        "normalization": json.dumps({"input_range": "0..1 RGB", "applied_in_graph": True,
+                                     "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}),
+        "weights": meta.weights, "source": meta.source.name,
+    }
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name, proto.producer_version = "boxforge", __version__
+    proto.doc_string = f"boxforge {meta.model_name} classifier over {len(meta.class_names)} classes. {INPUT_FORMAT}"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def _check_parity(model: ProbabilityModel, path: Path, size: int, images: list[str | Path] | None) -> float:
+    """Largest probability difference between checkpoint and file; raises ExportError past PARITY_ATOL."""
+    if images:
+        transform = preprocess(size)
+        batch = torch.stack([transform(read_image(Path(p))).as_subclass(torch.Tensor) for p in images])
+    else:
+        batch = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(batch)
+    got = OnnxClassifier(path, torch.device("cpu")).run(batch)
+    diff = float((got - expected).abs().max())
+    if diff > PARITY_ATOL or not torch.equal(got.argmax(1), expected.argmax(1)):
+        raise ExportError(f"{path}: parity check failed: probabilities differ by up to {diff:.2e} "
+                          f"(limit {PARITY_ATOL:g}) or the top-1 class changed")
+    return diff
