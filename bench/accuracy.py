@@ -136,13 +136,22 @@ def main() -> None:
             peer: {"voc12": round(float((boot["voc12"] > fig["voc12"]).mean()), 3),
                    "coco_ap": round(float((boot["coco_ap"] > fig["coco_ap"]).mean()), 3)}
             for peer, fig in PEERS.items()}
+        entry["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        entry["load_average_after"] = round(os.getloadavg()[0], 2)
         results[recipe] = entry
         print(f"[{recipe}] VOC12 mAP {metrics['voc12']:.3f} COCO AP {metrics['coco_ap']:.3f} "
               f"({training['img_per_s']} img/s)", flush=True)
+    name = "accuracy-quick" if args.quick else "accuracy"
+    path = RESULTS / f"{name}.json"
+    if path.exists():  # recipes run one at a time (15 minutes each) accumulate; a rerun replaces its own entry
+        old = json.loads(path.read_text())
+        if old.get("minutes") == args.minutes:
+            results = {**old.get("recipes", {}), **results}
+    for recipe in results:
+        results[recipe].setdefault("measured_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     doc = {"machine": machine(), "minutes": args.minutes, "dataset": "raccoon train (160) -> test (40)",
            "evaluation": "last.pt (EMA if kept), score>=0.001, <=100 det/img, VOC12 + pycocotools",
            "peers": PEERS, "recipes": results}
-    name = "accuracy-quick" if args.quick else "accuracy"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(f"\n| recipe ({args.minutes:g} min) | img/s | VOC12 mAP@0.5 [95% CI] | COCO AP [95% CI] | AP50 | AP75 |")

@@ -136,7 +136,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every", type=int, metavar="N", help="also save last.pt every N steps")
     p.add_argument("--snapshot-every", type=int, metavar="N", help="keep step-N.pt snapshots every N steps")
     p.add_argument("--keep", type=int, metavar="K", help="snapshots to keep (default 3)")
-    p.add_argument("--val-every", type=int, metavar="N", help="validate every N epochs (default 1)")
+    p.add_argument("--val-every", type=int, metavar="N",
+                   help="validate every N epochs (default: at epoch ends, about every 5%% of the run)")
     p.add_argument("--stall-timeout", type=float, metavar="SECONDS", help="watchdog limit (default 300)")
     p.add_argument("--on-disk-full", choices=("stop", "continue"),
                    help="when a checkpoint cannot be saved for lack of space: stop (default; exit status 2) or "

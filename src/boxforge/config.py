@@ -60,7 +60,7 @@ class TrainConfig:
     save_every: int = 0  # iterations between last.pt saves inside an epoch (0: only at epoch end)
     snapshot_every: int = 0  # iterations between kept step-N.pt snapshots (0: none)
     keep: int = 3
-    val_every: int = 1  # epochs
+    val_every: int | None = None  # epochs; None: each epoch ending 5% of the run after the last validation
     stall_timeout: float = 300.0
     on_disk_full: str = "stop"  # a checkpoint save that finds the disk full: "stop" the run, or "continue" unsaved
     log_every: int = 10
@@ -106,7 +106,7 @@ class TrainConfig:
         if self.freeze not in (None, "backbone"):
             raise BoxforgeError(f"--freeze {self.freeze!r}; the only choice is: backbone")
         for name in ("batch_size", "accumulate", "keep", "val_every", "log_every"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise BoxforgeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.data:
             raise BoxforgeError("--data is required: a dataset folder or file")

@@ -129,3 +129,25 @@ def test_amp_and_ema_on_cpu(synth_set: Path, tmp_path: Path) -> None:
     assert torch.isfinite(ema[weight]).all() and not torch.equal(ema[weight], saved["model"][weight])
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("voc12_map" in json.dumps(row) for row in rows)  # validated (on the EMA weights) at the end
+
+
+def _validations(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if any("map" in key for key in row)]
+
+
+def test_default_validation_interval_is_a_share_of_the_run(synth_set: Path, tmp_path: Path) -> None:
+    """40 one-batch epochs: validation every 2nd epoch (5% of the run), not 40 times; --val-every overrides."""
+    settings = dict(SMALL, batch_size=16, iterations=40)
+    boxforge.train(data=[str(synth_set)], out=str(tmp_path / "auto"), **settings)
+    assert [row["epoch"] for row in _validations(tmp_path / "auto")] == list(range(2, 41, 2))
+    boxforge.train(data=[str(synth_set)], out=str(tmp_path / "fixed"), val_every=10, **settings)
+    assert [row["epoch"] for row in _validations(tmp_path / "fixed")] == [10, 20, 30, 40]
+
+
+def test_time_budget_is_wall_clock_including_validation(synth_set: Path, tmp_path: Path) -> None:
+    result = boxforge.train(data=[str(synth_set)], out=str(tmp_path / "run"), time=0.1, val_every=1, **SMALL)
+    saved = load_checkpoint(result.last)
+    assert 6.0 <= saved["elapsed_seconds"] < 6.0 + 5.0
+    assert saved["train_seconds"] < saved["elapsed_seconds"]  # validation time counted in the budget only
+    assert len(_validations(tmp_path / "run")) >= 2

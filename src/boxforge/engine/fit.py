@@ -42,6 +42,9 @@ from boxforge.models import get_model
 from boxforge.models.transfer import freeze_backbone
 
 
+VAL_FRACTION = 0.05  # default validation interval: this share of the run
+
+
 class TrainingError(BoxforgeError):
     """Training cannot go on (non-finite losses, data loader failure); the last good checkpoint is kept."""
 
@@ -66,7 +69,8 @@ class State:
     iteration: int = 0  # batches done within `epoch`
     global_step: int = 0
     images_seen: int = 0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # in training batches (data + step): the img/s denominator
+    elapsed_seconds: float = 0.0  # wall clock of the whole loop, validation and saving included: the --time budget
     best_metric: float | None = None
     nonfinite_total: int = 0
 
@@ -219,7 +223,8 @@ def checkpoint_state(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
         "ema": ema.state_dict() if ema is not None else None,
         "epoch": state.epoch, "iteration": state.iteration, "global_step": state.global_step,
-        "images_seen": state.images_seen, "train_seconds": state.train_seconds, "best_metric": state.best_metric,
+        "images_seen": state.images_seen, "train_seconds": state.train_seconds,
+        "elapsed_seconds": state.elapsed_seconds, "best_metric": state.best_metric,
         "nonfinite_total": state.nonfinite_total, "pending_grads": _pending_grads(model),
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -260,7 +265,8 @@ def _restore(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Opt
     if rng.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return State(saved["epoch"], saved["iteration"], saved["global_step"], saved.get("images_seen", 0),
-                 saved.get("train_seconds", 0.0), saved.get("best_metric"), saved.get("nonfinite_total", 0))
+                 saved.get("train_seconds", 0.0), saved.get("elapsed_seconds", saved.get("train_seconds", 0.0)),
+                 saved.get("best_metric"), saved.get("nonfinite_total", 0))
 
 
 def _as_tuple(value: Any) -> Any:
@@ -284,15 +290,17 @@ class _Loop:
     def run(self, state: State) -> str:
         self.state = state
         self.validated_at: int | None = None
+        self.validated_progress = self._progress()
+        self.clock = time.perf_counter()  # elapsed_seconds runs from here, across epochs and validations
         try:
-            while not self.plan.done(state.global_step, state.train_seconds, state.epoch):
+            while not self.plan.done(state.global_step, state.elapsed_seconds, state.epoch):
                 finished = self._epoch()
                 if not finished:
                     break
                 state.epoch += 1
                 state.iteration = 0
                 self._save("last.pt")
-                if self.val_index is not None and state.epoch % self.cfg.val_every == 0:
+                if self.val_index is not None and self._validation_due():
                     self._validate()
             if self.val_index is not None and self.validated_at != state.global_step:
                 self._validate()
@@ -301,6 +309,22 @@ class _Loop:
             self._save("last.pt")
             raise
         return "budget"
+
+    def _progress(self) -> float:
+        """Fraction of the run done: steps of the planned total, or seconds of the --time budget."""
+        return self.plan.progress(self.state.global_step, self.state.elapsed_seconds)
+
+    def _tick_clock(self) -> None:
+        now = time.perf_counter()
+        self.state.elapsed_seconds += now - self.clock
+        self.clock = now
+
+    def _validation_due(self) -> bool:
+        """--val-every N epochs; by default every epoch that ends 5% of the run after the last validation,
+        so a long run on a small set validates about 20 times rather than every few seconds."""
+        if self.cfg.val_every:
+            return self.state.epoch % self.cfg.val_every == 0
+        return self._progress() - self.validated_progress >= VAL_FRACTION - 1e-9
 
     def _beat(self, stage: str) -> None:
         if self.watchdog is not None:
@@ -313,6 +337,7 @@ class _Loop:
         self.model.train()
         consecutive_bad = 0
         tick = time.perf_counter()
+        self._tick_clock()
         self._beat("waiting for data")
         for images, targets in _guarded(self.loader, self):
             self._beat("in the training step")
@@ -320,6 +345,7 @@ class _Loop:
             now = time.perf_counter()
             state.train_seconds += now - tick
             tick = now
+            self._tick_clock()
             state.iteration += 1
             if not ok:
                 consecutive_bad += 1
@@ -331,7 +357,7 @@ class _Loop:
             else:
                 consecutive_bad = 0
                 self._after_step(losses, len(targets))
-            if self.plan.done(state.global_step, state.train_seconds, state.epoch):
+            if self.plan.done(state.global_step, state.elapsed_seconds, state.epoch):
                 self._save("last.pt")
                 return state.iteration >= self.plan.iters_per_epoch
             self._beat("waiting for data")
@@ -340,7 +366,7 @@ class _Loop:
     def _step(self, images: Any, targets: list[dict[str, Any]]) -> tuple[dict[str, float], bool]:
         state, cfg = self.state, self.cfg
         self.stepped = False  # set when this batch completes an optimizer step (--accumulate groups)
-        lr = self.base_lr * lr_factor(self.plan.progress(state.global_step, state.train_seconds),
+        lr = self.base_lr * lr_factor(self._progress(),
                                       schedule=cfg.schedule, warmup=cfg.warmup, milestones=cfg.milestones,
                                       gamma=cfg.gamma)
         for group in self.optimizer.param_groups:
@@ -374,7 +400,7 @@ class _Loop:
         rate = state.images_seen / max(state.train_seconds, 1e-9)
         eta = None
         if self.plan.budget_s:
-            eta = max(0.0, self.plan.budget_s - state.train_seconds)
+            eta = max(0.0, self.plan.budget_s - state.elapsed_seconds)
         elif self.plan.total_steps:
             eta = (self.plan.total_steps - state.global_step) * state.train_seconds / max(state.global_step, 1)
         self.log.step(epoch=state.epoch, iteration=state.iteration, iters_per_epoch=self.plan.iters_per_epoch,
@@ -405,6 +431,7 @@ class _Loop:
     def _validate(self) -> None:
         self._beat("in validation")
         self.validated_at = self.state.global_step
+        self.validated_progress = self._progress()
         if self.info.is_main:
             eval_model = self.ema.module if self.ema is not None else self.model
             metrics = self.task.validate(eval_model, self.val_index, device=self.device,
