@@ -21,11 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from boxforge.checkpoint import CheckpointError, load_checkpoint
+from boxforge.checkpoint import load_checkpoint
 from boxforge.data.transforms import IMAGENET_MEAN, IMAGENET_STD, classification_transforms
 from boxforge.errors import BoxforgeError
-from boxforge.models import get_model
-from boxforge.predictor import ModelMeta, ema_state_dict, resolve_device
+from boxforge.predictor import ModelMeta, rebuild_checkpoint, resolve_device
 
 
 class ProbabilityModel(nn.Module):
@@ -69,25 +68,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu", *,
                     prefer_ema: bool = True) -> tuple[ProbabilityModel, ModelMeta]:
     """Rebuild a classification checkpoint (EMA weights by default, as validation used) in eval mode."""
     path = Path(path)
-    state = load_checkpoint(path)
-    missing = [k for k in ("model_name", "build_args", "class_names", "model") if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: not a boxforge checkpoint (no {', '.join(missing)}); a plain state dict "
-                              f"can start training with `boxforge train --weights {path}`")
-    if state.get("task") != "classify":
-        raise CheckpointError(f"{path}: a {state.get('task', 'detect')} checkpoint, not a classifier")
-    try:
-        model = get_model(state["model_name"], **dict(state["build_args"]))
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: cannot rebuild {state['model_name']!r}: {exc}") from exc
-    weights, chosen = state["model"], "model"
-    if prefer_ema and isinstance(state.get("ema"), dict) and state["ema"]:
-        weights, chosen = ema_state_dict(state["ema"]), "ema"
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: the {chosen} weights do not fit {state['model_name']}: "
-                              f"{str(exc).splitlines()[-1].strip()}") from exc
+    model, state, chosen = rebuild_checkpoint(path, "classify", prefer_ema=prefer_ema)
     wrapped = ProbabilityModel(model).to(resolve_device(device)).eval()
     meta = ModelMeta(path, "checkpoint", state["model_name"], list(state["class_names"]),
                      int(state.get("img_size", model.img_size)), chosen)

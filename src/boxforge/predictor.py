@@ -56,12 +56,12 @@ def ema_state_dict(ema: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k[len(EMA_PREFIX):]: v for k, v in ema.items() if k.startswith(EMA_PREFIX)}
 
 
-def load_detector(path: str | Path, device: str | torch.device = "cpu", *,
-                  prefer_ema: bool = True) -> tuple[torch.nn.Module, ModelMeta]:
-    """Rebuild a boxforge training checkpoint: `get_model(model_name, **build_args)` + its weights, in eval mode.
+def rebuild_checkpoint(path: str | Path, task: str, *,
+                       prefer_ema: bool = True) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    """`get_model(model_name, **build_args)` + the checkpoint's weights (EMA when kept and preferred).
 
-    device: "cpu", "cuda", "auto", ... Returns (Detector on `device`, ModelMeta). Raises BoxforgeError with one line for files that are not
-    boxforge detection checkpoints (plain state dicts, classifiers, ONNX files, anything unreadable).
+    Returns (model, checkpoint dict, "ema" or "model"). Raises one-line errors for files that are not
+    boxforge checkpoints of `task` ("detect" or "classify"): plain state dicts, ONNX files, anything unreadable.
     """
     path = Path(path)
     if path.suffix.lower() == ".onnx":
@@ -80,8 +80,10 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu", *,
     if missing:
         raise CheckpointError(f"{path}: not a boxforge checkpoint (no {', '.join(missing)}); a plain state dict "
                               f"can start training with `boxforge train --weights {path}`")
-    if state.get("task", "detect") != "detect":
-        raise CheckpointError(f"{path}: a {state.get('task')} checkpoint; eval, predict and export need a detector")
+    found = state.get("task", "detect")
+    if found != task:
+        needs = "eval, predict and export need a detector" if task == "detect" else "not a classifier"
+        raise CheckpointError(f"{path}: a {found} checkpoint; {needs}")
     try:
         model = get_model(state["model_name"], **dict(state["build_args"]))
     except (ValueError, TypeError) as exc:
@@ -92,8 +94,20 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu", *,
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        lines = str(exc).splitlines()
+        first = lines[1].strip() if len(lines) > 1 else str(exc)
         raise CheckpointError(f"{path}: the {chosen} weights do not fit {state['model_name']}: {first}") from exc
+    return model, state, chosen
+
+
+def load_detector(path: str | Path, device: str | torch.device = "cpu", *,
+                  prefer_ema: bool = True) -> tuple[torch.nn.Module, ModelMeta]:
+    """Rebuild a boxforge detection checkpoint in eval mode (see `rebuild_checkpoint`).
+
+    device: "cpu", "cuda", "auto", ... Returns (Detector on `device`, ModelMeta).
+    """
+    path = Path(path)
+    model, state, chosen = rebuild_checkpoint(path, "detect", prefer_ema=prefer_ema)
     model.to(resolve_device(device)).eval()
     meta = ModelMeta(path, "checkpoint", state["model_name"], list(state["class_names"]),
                      int(state.get("img_size", model.img_size)), chosen, model.postprocess_settings())

@@ -22,7 +22,7 @@ import torch
 from boxforge.classifier import OnnxClassifier, ProbabilityModel, load_classifier, preprocess
 from boxforge.data.loading import read_image
 from boxforge.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from boxforge.export.onnx import DEFAULT_OPSET, ExportError
+from boxforge.export.onnx import DEFAULT_OPSET, ExportError, save_with_metadata
 from boxforge.predictor import ModelMeta
 
 PARITY_ATOL = 1e-4
@@ -99,14 +99,8 @@ def _write_metadata(path: Path, meta: ModelMeta, size: int) -> None:
                                      "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}),
         "weights": meta.weights, "source": meta.source.name,
     }
-    del proto.metadata_props[:]
-    for key, value in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name, proto.producer_version = "boxforge", __version__
-    proto.doc_string = f"boxforge {meta.model_name} classifier over {len(meta.class_names)} classes. {INPUT_FORMAT}"
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
+    save_with_metadata(proto, path, props,
+                       f"boxforge {meta.model_name} classifier over {len(meta.class_names)} classes. {INPUT_FORMAT}")
 
 
 def _check_parity(model: ProbabilityModel, path: Path, size: int, images: list[str | Path] | None) -> float:

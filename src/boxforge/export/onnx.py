@@ -152,11 +152,21 @@ def _write_metadata(path: Path, meta: ModelMeta, model: torch.nn.Module, size: i
                                      "std": [float(v) for v in transform.image_std]}),
         "postprocess": json.dumps(settings), "weights": meta.weights, "source": meta.source.name,
     }
+    save_with_metadata(proto, path, props,
+                       f"boxforge {meta.model_name} detector, classes {', '.join(meta.class_names)}. {INPUT_FORMAT}")
+
+
+def save_with_metadata(proto: object, path: Path, props: dict[str, str], doc: str) -> None:
+    """Replace the model's metadata by `props` (what loaders read back), sign it as boxforge's, check and save."""
+    import onnx
+
+    from boxforge import __version__
+
     del proto.metadata_props[:]
     for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name, proto.producer_version = "boxforge", __version__
-    proto.doc_string = f"boxforge {meta.model_name} detector, classes {', '.join(meta.class_names)}. {INPUT_FORMAT}"
+    proto.doc_string = doc
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
