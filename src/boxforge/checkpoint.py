@@ -18,6 +18,7 @@ import io
 import os
 import pickle
 import re
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise CheckpointError(f"{path}: refused: the file needs pickled code to load, which weights_only=True "
                                   f"forbids ({found})") from exc
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or not a torch file)") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError, OverflowError, MemoryError, struct.error) as exc:
+        # arbitrary bytes drive torch's restricted unpickler into any of these (e.g. IndexError
+        # "pop from empty list" for a stray opcode); all mean the same thing for the user
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt): "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     if not isinstance(state, dict):
