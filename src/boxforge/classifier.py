@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from boxforge.checkpoint import load_checkpoint
 from boxforge.data.transforms import IMAGENET_MEAN, IMAGENET_STD, classification_transforms
 from boxforge.errors import BoxforgeError
-from boxforge.predictor import ModelMeta, rebuild_checkpoint, resolve_device
+from boxforge.predictor import ModelBackend, ModelMeta, rebuild_checkpoint, resolve_device
 
 
 class ProbabilityModel(nn.Module):
@@ -75,18 +75,10 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu", *,
     return wrapped, meta
 
 
-class TorchClassifier:
+class TorchClassifier(ModelBackend):
     def __init__(self, model: ProbabilityModel, meta: ModelMeta, device: torch.device) -> None:
         self.model, self.meta, self.device = model, meta, device
         self.notes: list[str] = []
-
-    @property
-    def classes(self) -> list[str]:
-        return self.meta.class_names
-
-    @property
-    def img_size(self) -> int:
-        return self.meta.img_size
 
     @torch.no_grad()
     def run(self, batch: Tensor) -> Tensor:

@@ -114,7 +114,7 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu", *,
     return model, meta
 
 
-class _Backend:
+class ModelBackend:
     """What both backends share: class names and input size come from their `meta`."""
 
     meta: ModelMeta
@@ -128,7 +128,7 @@ class _Backend:
         return self.meta.img_size
 
 
-class TorchBackend(_Backend):
+class TorchBackend(ModelBackend):
     """A Detector in eval mode. Post-processing settings are the Detector's (see `configure`)."""
 
     def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: torch.device) -> None:
@@ -148,7 +148,7 @@ class TorchBackend(_Backend):
                  d["labels"].cpu().numpy().astype(np.int64)) for d in outputs]
 
 
-class OnnxBackend(_Backend):
+class OnnxBackend(ModelBackend):
     """An exported `.onnx` run with onnxruntime. NMS is inside the graph with the thresholds baked in
     at export; `configure` can only tighten them (higher score threshold, fewer detections) and says so in
     `notes` when asked for more."""
