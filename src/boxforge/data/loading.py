@@ -122,6 +122,8 @@ class _ImageDataset(Dataset):
         self._ids, self._paths = _pack_paths(index)
         # Indexes read from a `boxforge pack`: (PackReader, slot per sample); pixels come from its memory map.
         self._pack = _pack_reader(index)
+        # Decoded images kept in memory (data/cache.py, `attach_cache`); None: decode every read.
+        self.cache: Any = None
         # Per process (each DataLoader worker has its own): (image_id, reason) of skipped images.
         self.skipped: list[tuple[str, str]] = []
         self._bad: set[int] = set()
@@ -151,6 +153,8 @@ class _ImageDataset(Dataset):
                     raise ImageReadError(f"sample {self.image_id(j)!r} has no image path")
                 if self._pack is not None:
                     return j, self._pack[0].read(int(self._pack[1][j]))
+                if self.cache is not None:
+                    return j, self.cache.get(j, path, self.max_pixels)
                 return j, read_image(path, self.max_pixels)
             except _IMAGE_ERRORS as exc:
                 message = _describe(path, exc)
@@ -211,9 +215,15 @@ class DetectionDataset(_ImageDataset):
             log.warning("dropped %d invalid boxes (non-finite or zero/negative size); `check` lists them", dropped)
 
     def target(self, j: int, height: int, width: int) -> dict[str, Any]:
-        """The target of sample j, boxes clipped to a (height, width) image; see the class docstring."""
+        """The target of sample j, boxes clipped to a (height, width) image; see the class docstring.
+
+        With a cache that downscaled image j, the boxes are first scaled by the same factors
+        (as `boxforge pack --max-side` does), so the pair is the uncached one of the smaller image.
+        """
         lo, hi = int(self._offsets[j]), int(self._offsets[j + 1])
         boxes = self._boxes[lo:hi].copy()
+        if self.cache is not None:
+            boxes *= self.cache.box_scale(j)
         np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
         np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
@@ -227,13 +237,18 @@ class DetectionDataset(_ImageDataset):
             "orig_size": (height, width),
         }
 
-    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+    def load(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        """The untransformed item at `index` (or the next readable one); see the class docstring."""
         j, pixels = self._load_first_readable(index)
         height, width = int(pixels.shape[-2]), int(pixels.shape[-1])
-        image, target = tv_tensors.Image(pixels), self.target(j, height, width)
+        return tv_tensors.Image(pixels), self.target(j, height, width)
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+        image, target = self.load(index)
         if self.transform is not None:
+            image_id = target["image_id"]
             image, target = self.transform(image, target)
-            _check_in_step(target, self.image_id(j))
+            _check_in_step(target, image_id)
         return image, target
 
 

@@ -91,7 +91,12 @@ class DetectTask:
         self.cfg = cfg
 
     def train_dataset(self, index: DatasetIndex, img_size: int) -> Dataset:
-        return DetectionDataset(index, detection_transforms(True, img_size), strict=self.cfg.strict_data)
+        from boxforge.data.cache import attach_cache
+        from boxforge.data.mosaic import MosaicDataset
+
+        dataset = DetectionDataset(index, detection_transforms(True, img_size), strict=self.cfg.strict_data)
+        attach_cache(dataset, self.cfg.cache, img_size, workers=self.cfg.workers)
+        return MosaicDataset(dataset, img_size, self.cfg.mosaic) if self.cfg.mosaic > 0 else dataset
 
     def to_device(self, images: Any, targets: list[dict[str, Any]], device: torch.device) -> tuple[Any, Any]:
         images = (images.to(device, non_blocking=True) if isinstance(images, Tensor)
@@ -143,7 +148,11 @@ class ClassifyTask:
         transform = classification_transforms(True, img_size, auto_augment=self.cfg.auto_augment,
                                               random_erase=self.cfg.random_erase,
                                               crop_scale=(self.cfg.crop_scale, 1.0))
-        return ClassificationDataset(index, transform, strict=self.cfg.strict_data)
+        from boxforge.data.cache import attach_cache
+
+        dataset = ClassificationDataset(index, transform, strict=self.cfg.strict_data)
+        attach_cache(dataset, self.cfg.cache, img_size, workers=self.cfg.workers)
+        return dataset
 
     def to_device(self, images: Tensor, targets: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
         images = images.as_subclass(Tensor).to(device, non_blocking=True)
