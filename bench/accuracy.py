@@ -45,6 +45,11 @@ PEERS = {  # from the issue: 15 CPU-minutes on 2 cores, from scratch unless note
 RECIPES: dict[str, list[str]] = {
     "default": [],  # what a user gets with only --data and --time
     "anchors": ["--anchors", "auto"],
+    "yolo_csp": ["--model", "yolo_csp"],  # its MODEL_DEFAULTS: AdamW, EMA, bf16 autocast where native
+    "yolo_csp_cache": ["--model", "yolo_csp", "--cache", "ram"],
+    "yolo_csp_mosaic": ["--model", "yolo_csp", "--cache", "ram", "--mosaic", "0.5"],
+    "yolo_lite0_pretrained": ["--model", "yolo_efficientnet_lite0", "--weights-backbone", "IMAGENET1K", "--cache", "ram"],
+    "lite0_pretrained": ["--model", "ssdlite_efficientnet_lite0", "--weights-backbone", "IMAGENET1K", "--cache", "ram"],
 }
 
 
@@ -170,7 +175,7 @@ def _config(run: Path) -> dict[str, Any]:
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     return {k: cfg.get(k) for k in ("model", "img_size", "batch_size", "lr", "optimizer", "schedule", "warmup",
-                                    "ema", "anchors", "threads", "workers")}
+                                    "ema", "amp", "anchors", "mosaic", "cache", "threads", "workers")}
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="training split (default: trainval, else train, else everything)")
     p.add_argument("--val", help="validation dataset, or a split name of DATA (default: val, else test)")
     p.add_argument("--format", choices=FORMATS)
-    p.add_argument("--model", choices=sorted(MODELS), help="default: ssd_tiny")
+    p.add_argument("--model", choices=sorted(MODELS), help="default: yolo_csp")
     p.add_argument("--task", choices=("detect", "classify"), help="default: the model's (classifiers: mobilenet_v2, "
                    "shufflenet_v2_x1_0, resnet18, resnet50)")
     p.add_argument("--out", help="run directory (default: runs/train)")
@@ -103,7 +103,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--time", type=float, metavar="MINUTES", help="wall-clock budget; the LR schedule fits it")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate (default: 0.02 SGD / 0.002 AdamW per 16 images)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default: sgd (yolo_csp: adamw)")
     p.add_argument("--schedule", choices=SCHEDULES)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup", type=float, help="fraction of the run in linear warm-up")
@@ -116,15 +116,23 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    help="auto: default boxes fitted to the training boxes by k-means (ssd_tiny, ssd_mobilenet_fpn)")
     p.add_argument("--sync-bn", action="store_true", default=None,
                    help="torchrun: BatchNorm over the whole global batch, so N ranks train as one process")
-    p.add_argument("--amp", action="store_true", default=None, help="float16 on CUDA, bfloat16 on CPU")
-    p.add_argument("--ema", action="store_true", default=None, help="keep an EMA of the weights for validation")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="float16 on CUDA, bfloat16 on CPU (default: off; yolo_csp: on where the CPU has native bf16)")
+    p.add_argument("--mosaic", type=float, metavar="P", help="detectors: probability that a training sample is "
+                   "a mosaic of 4 images, before the usual augmentations (default 0: off)")
+    p.add_argument("--cache", choices=("auto", "ram", "off"), help="keep each decoded training image in memory "
+                   "(longer side at most 2 x img size), in every worker: ram (refused above 25%% of physical RAM), "
+                   "auto (default: ram when it fits in 10%% of RAM), off")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep an EMA of the weights for validation and export (default: off; yolo_csp: on)")
     p.add_argument("--accumulate", type=int, help="batches per optimizer step")
     p.add_argument("--clip-grad", type=float, help="max gradient norm (default 10; 0 turns clipping off)")
     p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     p.add_argument("--milestones", type=float, nargs="+", metavar="FRACTION",
                    help="multistep schedule: fractions of the run where the LR drops (default 0.67 0.89)")
     p.add_argument("--gamma", type=float, help="multistep schedule: LR factor at each milestone (default 0.1)")
-    p.add_argument("--ema-decay", type=float, help="EMA decay per step (default 0.999)")
+    p.add_argument("--ema-decay", type=float, help="EMA decay per step (default 0.999, reached after a "
+                   "warm-up: min(decay, (1 + n) / (10 + n)) after n steps)")
     p.add_argument("--max-nonfinite", type=int, metavar="N",
                    help="stop after N non-finite losses in a row (default 5); single ones skip the step")
     p.add_argument("--strict-data", action="store_true", default=None,

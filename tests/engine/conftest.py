@@ -20,7 +20,7 @@ def synth_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--data", str(data), "--out", str(out), "--img-size", "96", "--batch-size", "4",
+    return ["train", "--data", str(data), "--out", str(out), "--model", "ssd_tiny", "--img-size", "96", "--batch-size", "4",
             "--threads", "1", "--log-every", "1", "--seed", "7", *extra]
 
 

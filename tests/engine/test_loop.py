@@ -16,7 +16,7 @@ from boxforge.engine.fit import TrainingError
 from boxforge.models.ssd import GlobalNormSSD
 from tests.engine.conftest import run_cli
 
-SMALL = {"img_size": 96, "batch_size": 4, "threads": 1, "seed": 7, "log_every": 1}
+SMALL = {"model": "ssd_tiny", "img_size": 96, "batch_size": 4, "threads": 1, "seed": 7, "log_every": 1}
 
 
 def _poison(monkeypatch: pytest.MonkeyPatch, bad_calls: set[int]) -> list[int]:

@@ -11,7 +11,8 @@ from tests.models.conftest import tiny_batch
 # The smallest input each architecture accepts without degenerate maps (SSD300's unpadded
 # last convs need >= 268 px), so the whole file stays well under a minute on two cores.
 DETECTOR_SIZES = {"ssd_tiny": 128, "ssd_mobilenet_fpn": 128, "ssdlite320_mobilenet_v3_large": 128,
-                  "ssd300_vgg16": 268}
+                  "ssd300_vgg16": 268, "yolo_csp": 128, "ssdlite_efficientnet_lite0": 128,
+                  "yolo_efficientnet_lite0": 128}
 
 
 def test_every_detector_is_listed_with_a_test_size() -> None:
@@ -29,7 +30,8 @@ def test_detector_trains_one_step_and_predicts(name: str) -> None:
     images, targets = tiny_batch()
     model.train()
     losses = model(images, targets)
-    assert set(losses) == {"bbox_regression", "classification"}
+    extra = {"bbox_distribution"} if name.startswith("yolo_") else set()  # their distribution focal loss
+    assert set(losses) == {"bbox_regression", "classification"} | extra
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
     sum(losses.values()).backward()
     head_grads = [p.grad for p in model.model.head.parameters() if p.requires_grad]

@@ -28,7 +28,7 @@ TENSORBOARD_MISSING = ("--tensorboard needs the tensorboard package, which is no
                        "install it with: pip install 'boxforge[tensorboard]'")
 
 # Short names for torchvision's loss keys on the console.
-_SHORT = {"bbox_regression": "box", "classification": "cls", "bbox_ctrness": "ctr"}
+_SHORT = {"bbox_regression": "box", "classification": "cls", "bbox_ctrness": "ctr", "bbox_distribution": "dfl"}
 
 
 def open_tensorboard(log_dir: Path | None) -> Any:

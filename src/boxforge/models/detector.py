@@ -24,6 +24,7 @@ class Detector(nn.Module):
     """A torchvision SSD plus what it needs to be used on its own: class names, input size, freezing.
 
     Train mode:  `forward(images, targets) -> {"bbox_regression": Tensor[], "classification": Tensor[]}`
+                 (yolo_csp adds "bbox_distribution", its distribution focal loss)
     Eval mode:   `forward(images) -> [{"boxes": (N, 4) float32 xyxy pixels of the input image,
                                        "scores": (N,) float32, "labels": (N,) int64 0-based}, ...]`
 
