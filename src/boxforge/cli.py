@@ -20,6 +20,16 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, help="force the dataset format instead of detecting it")
 
 
+def _size_or_auto(text: str) -> int | str:
+    """--img-size: pixels, or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of pixels or auto") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boxforge", description="Datasets in, detectors out. "
                                      "Run `boxforge COMMAND --help` for each command.")
@@ -107,7 +117,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", choices=SCHEDULES)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup", type=float, help="fraction of the run in linear warm-up")
-    p.add_argument("--img-size", type=int)
+    p.add_argument("--img-size", type=_size_or_auto, metavar="PX|auto",
+                   help="input size (default: the model's; yolo_csp: auto, from the training boxes' sizes)")
     p.add_argument("--workers", type=int, help="data loader worker processes (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int)

@@ -44,7 +44,7 @@ class TrainConfig:
     milestones: list[float] = field(default_factory=lambda: [0.67, 0.89])  # fractions of the run (multistep)
     gamma: float = 0.1
     warmup: float = 0.03  # fraction of the run spent in linear warm-up
-    img_size: int | None = None
+    img_size: int | str | None = None  # None: the model's; "auto": from the training boxes (models/input_size.py)
     workers: int = 0
     device: str = "auto"
     seed: int = 0
@@ -109,6 +109,9 @@ class TrainConfig:
             raise BoxforgeError(f"--mosaic {self.mosaic}: a probability, allowed 0 <= p <= 1")
         if self.cache not in ("ram", "auto", "off"):
             raise BoxforgeError(f"--cache {self.cache!r}; choose one of: ram, auto, off")
+        if self.img_size is not None and self.img_size != "auto" and (
+                isinstance(self.img_size, bool) or not isinstance(self.img_size, int) or self.img_size < 32):
+            raise BoxforgeError(f"--img-size {self.img_size!r}; allowed: an integer >= 32 or auto")
         if self.freeze not in (None, "backbone"):
             raise BoxforgeError(f"--freeze {self.freeze!r}; the only choice is: backbone")
         for name in ("batch_size", "accumulate", "keep", "val_every", "log_every"):
@@ -126,9 +129,10 @@ FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 # The recipe a model was designed with, used where neither the command line nor the YAML file
 # says otherwise. "auto" for amp: bfloat16 autocast where the CPU computes it natively (or on CUDA),
 # since emulated bfloat16 is slower than float32. yolo_csp: AdamW and an EMA of the weights, as
-# that detector family is trained; bf16 nearly doubles its steps per second on AVX512-BF16 CPUs.
+# that detector family is trained; bf16 nearly doubles its steps per second on AVX512-BF16 CPUs;
+# img_size "auto": from the training boxes (models/input_size.py), resolved when the data is loaded.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "yolo_csp": {"optimizer": "adamw", "ema": True, "amp": "auto"},
+    "yolo_csp": {"optimizer": "adamw", "ema": True, "amp": "auto", "img_size": "auto"},
     "yolo_efficientnet_lite0": {"optimizer": "adamw", "ema": True, "amp": "auto"},
 }
 
@@ -169,7 +173,7 @@ def make_config(overrides: dict[str, Any], config_file: str | Path | None = None
     values.update({k: v for k, v in overrides.items() if v is not None and k in FIELDS})
     for key, value in MODEL_DEFAULTS.get(values.get("model", TrainConfig.model), {}).items():
         if key not in values:
-            values[key] = fast_autocast() if value == "auto" else value
+            values[key] = fast_autocast() if (key, value) == ("amp", "auto") else value
     if isinstance(values.get("data"), (str, Path)):
         values["data"] = [str(values["data"])]
     values["data"] = [str(d) for d in values.get("data", [])]

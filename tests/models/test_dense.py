@@ -188,3 +188,17 @@ def test_checkpoint_rebuild_gives_identical_outputs(tmp_path: Path) -> None:
     with torch.no_grad():
         a, b = model(x)[0], again(x)[0]
     assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+
+
+def test_the_bare_default_picks_its_input_size_from_the_boxes(tmp_path: Path, capsys) -> None:
+    """`train --data DATA` alone: yolo_csp, its recipe, and --img-size auto (models/input_size.py)."""
+    data = tmp_path / "data"
+    synthesize_detection(data, images=6, classes=1, seed=1, image_size=(160, 120))
+    result = boxforge.train(data=str(data), out=str(tmp_path / "run"), iterations=1, batch_size=2, threads=1,
+                            report=False)
+    from boxforge.checkpoint import load_checkpoint
+    from boxforge.models.input_size import SIZES
+
+    saved = load_checkpoint(result.last)
+    assert saved["model_name"] == "yolo_csp" and saved["img_size"] in SIZES
+    assert f"--img-size auto: {saved['img_size']} px" in capsys.readouterr().out

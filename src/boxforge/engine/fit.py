@@ -121,7 +121,8 @@ def _fit(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run
     for what, index in (("training", train_index), ("validation", val_index)):
         if index is not None:
             check_index_task(task, index, what)
-    model = _build_model(cfg, train_index.classes, resume, log, _fitted_anchors(cfg, train_index, resume, log))
+    model = _build_model(cfg, train_index.classes, resume, log, _fitted_anchors(cfg, train_index, resume, log),
+                         _input_size(cfg, train_index, task, log) if resume is None else None)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)
@@ -196,11 +197,25 @@ def _fitted_anchors(cfg: TrainConfig, index: Any, resume: dict[str, Any] | None,
     return shapes
 
 
+def _input_size(cfg: TrainConfig, index: Any, task: Task, log: MetricsLog) -> int | None:
+    """--img-size: pixels, None (the model's default), or auto: chosen from the training boxes."""
+    if cfg.img_size != "auto":
+        return cfg.img_size
+    if task.name != "detect":
+        raise BoxforgeError("--img-size auto is chosen from box sizes, for detectors; give classifiers a number")
+    from boxforge.models.anchors import relative_box_shapes
+    from boxforge.models.input_size import choose_img_size
+
+    size, reason = choose_img_size(relative_box_shapes(index))
+    log.print(f"--img-size auto: {size} px ({reason})")
+    return size
+
+
 def _build_model(cfg: TrainConfig, classes: list[str], resume: dict[str, Any] | None, log: MetricsLog,
-                 anchors: Any = None) -> nn.Module:
+                 anchors: Any = None, img_size: int | None = None) -> nn.Module:
     if resume is not None:  # the architecture exactly as saved (some depend on the weights it started from)
         return _maybe_freeze(cfg, get_model(resume["model_name"], **resume["build_args"]), log)
-    model = get_model(cfg.model, num_classes=len(classes), class_names=classes, img_size=cfg.img_size,
+    model = get_model(cfg.model, num_classes=len(classes), class_names=classes, img_size=img_size,
                       weights=cfg.weights, weights_backbone=cfg.weights_backbone,
                       **({"anchors": anchors} if anchors is not None else {}))
     report = getattr(model, "transfer_report", None)

@@ -53,12 +53,12 @@ class MetricsLog:
     `val/<key>` at its `step` into RUN_DIR/tensorboard (raises BoxforgeError when the package is missing).
     """
 
-    def __init__(self, run_dir: Path | None, *, enabled: bool = True, stream: TextIO = sys.stdout,
+    def __init__(self, run_dir: Path | None, *, enabled: bool = True, stream: TextIO | None = None,
                  window: int = 50, tensorboard: bool = False) -> None:
         self._tb = open_tensorboard(Path(run_dir) / TENSORBOARD_DIR if enabled and run_dir else None) \
             if tensorboard else None
         self.enabled = enabled
-        self.stream = stream
+        self._stream = stream  # None: whatever sys.stdout is when printing (redirections made later apply)
         self.path = Path(run_dir) / "metrics.jsonl" if run_dir else None
         self._avg: deque[float] = deque(maxlen=window)
         self._fh = None
@@ -97,7 +97,7 @@ class MetricsLog:
 
     def print(self, text: str) -> None:
         if self.enabled:
-            print(text, file=self.stream, flush=True)
+            print(text, file=self._stream or sys.stdout, flush=True)
 
     def step(self, *, epoch: int, iteration: int, iters_per_epoch: int, step: int, losses: dict[str, float],
              lr: float, images_seen: int, img_per_s: float, eta_s: float | None, device: torch.device,

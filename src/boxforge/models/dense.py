@@ -277,7 +277,9 @@ class DenseDetector(nn.Module):
             if targets is None:
                 raise ValueError("DenseDetector in train mode needs targets")
             box_logits, cls_logits, points, strides = self._heads(batch.tensors)
-            return self.loss(box_logits.float(), cls_logits.float(), points, strides,
+            box_logits = box_logits.float()
+            pred_boxes = distances_to_boxes(expected_distances(box_logits, self.reg_max), points, strides)
+            return self.loss(box_logits, pred_boxes, cls_logits.float(), points, strides,
                              [{"boxes": t["boxes"], "labels": t["labels"] - 1} for t in targets])
         boxes, scores = self.raw_outputs(batch.tensors)
         detections = [self._filter(b, s) for b, s in zip(boxes, scores)]

@@ -117,12 +117,10 @@ class DenseLoss(nn.Module):
         super().__init__()
         self.num_classes, self.reg_max, self.topk = num_classes, reg_max, topk
 
-    def forward(self, box_logits: Tensor, cls_logits: Tensor, points: Tensor, strides: Tensor,
+    def forward(self, box_logits: Tensor, pred_boxes: Tensor, cls_logits: Tensor, points: Tensor, strides: Tensor,
                 targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        from boxforge.models.dense import distances_to_boxes, expected_distances
-
-        dist_pred = expected_distances(box_logits, self.reg_max)
-        pred_boxes = distances_to_boxes(dist_pred, points, strides)
+        """box_logits (B, A, 4 * reg_max), pred_boxes (B, A, 4) their decoded xyxy pixels, cls_logits (B, A, C),
+        points (A, 2), strides (A,), targets: per image "boxes" (N, 4) pixels and "labels" (N,) 0-based."""
         gt_boxes, gt_labels, gt_valid = pad_targets(targets, cls_logits.device)
         foreground, assigned, cls_targets = assign(cls_logits.detach().sigmoid(), pred_boxes.detach(), points,
                                                    gt_boxes, gt_labels, gt_valid, topk=self.topk)
