@@ -33,14 +33,12 @@ from boxforge.engine.ema import ema_update_fn
 from boxforge.engine.logging import MetricsLog
 from boxforge.engine.sampler import ResumableSampler, SeededDataset
 from boxforge.engine.schedule import lr_factor
-from boxforge.engine.setup import (Plan, build_optimizer, default_lr, load_train_val, make_plan, resolve_device,
-                                   set_threads)
+from boxforge.engine.setup import (Plan, build_model, build_optimizer, default_lr, fitted_anchors, input_size,
+                                   load_train_val, make_plan, resolve_device, set_threads)
 from boxforge.engine.sync_bn import convert_sync_bn
 from boxforge.engine.tasks import Task, check_index_task, make_task
 from boxforge.engine.watchdog import EXIT_STALL, Watchdog, dead_worker
 from boxforge.errors import BoxforgeError
-from boxforge.models import get_model
-from boxforge.models.transfer import freeze_backbone
 
 
 VAL_FRACTION = 0.05  # default validation interval: this share of the run
@@ -121,8 +119,8 @@ def _fit(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run
     for what, index in (("training", train_index), ("validation", val_index)):
         if index is not None:
             check_index_task(task, index, what)
-    model = _build_model(cfg, train_index.classes, resume, log, _fitted_anchors(cfg, train_index, resume, log),
-                         _input_size(cfg, train_index, task, log) if resume is None else None)
+    model = build_model(cfg, train_index.classes, resume, log, fitted_anchors(cfg, train_index, resume, log),
+                        input_size(cfg, train_index, task, log) if resume is None else None)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)
@@ -176,59 +174,6 @@ def _find_resume(cfg: TrainConfig, run_dir: Path, log: MetricsLog) -> dict[str, 
     if not ckpt.is_boxforge_checkpoint(state):
         raise BoxforgeError(f"{cfg.resume}: not a boxforge training checkpoint; use --weights for plain weights")
     return state
-
-
-def _fitted_anchors(cfg: TrainConfig, index: Any, resume: dict[str, Any] | None, log: MetricsLog) -> Any:
-    """--anchors auto: default-box shapes from k-means on the training boxes (None: the model's own)."""
-    if cfg.anchors != "auto" or resume is not None:
-        return None
-    from boxforge.models.anchors import default_shapes, fit_anchor_shapes, mean_best_iou, relative_box_shapes
-    from boxforge.models.detection import ANCHOR_LAYOUT
-
-    if cfg.model not in ANCHOR_LAYOUT:
-        raise BoxforgeError(f"--anchors auto: {cfg.model} keeps its own default boxes (its pretrained head depends "
-                            f"on them); fitted anchors are for: {', '.join(sorted(ANCHOR_LAYOUT))}")
-    wh = relative_box_shapes(index)
-    shapes = fit_anchor_shapes(wh, *ANCHOR_LAYOUT[cfg.model], seed=cfg.seed)
-    default = default_shapes(get_model(cfg.model, num_classes=1).model.anchor_generator)
-    log.print(f"anchors fitted to {len(wh)} training boxes (k-means, 1 - IoU): mean best IoU "
-              f"{mean_best_iou(wh, shapes):.3f} (the default boxes: {mean_best_iou(wh, default):.3f}); (w, h) per "
-              f"feature map: " + "; ".join(" ".join(f"{w:.3f}x{h:.3f}" for w, h in level) for level in shapes))
-    return shapes
-
-
-def _input_size(cfg: TrainConfig, index: Any, task: Task, log: MetricsLog) -> int | None:
-    """--img-size: pixels, None (the model's default), or auto: chosen from the training boxes."""
-    if cfg.img_size != "auto":
-        return cfg.img_size
-    if task.name != "detect":
-        raise BoxforgeError("--img-size auto is chosen from box sizes, for detectors; give classifiers a number")
-    from boxforge.models.anchors import relative_box_shapes
-    from boxforge.models.input_size import choose_img_size
-
-    size, reason = choose_img_size(relative_box_shapes(index))
-    log.print(f"--img-size auto: {size} px ({reason})")
-    return size
-
-
-def _build_model(cfg: TrainConfig, classes: list[str], resume: dict[str, Any] | None, log: MetricsLog,
-                 anchors: Any = None, img_size: int | None = None) -> nn.Module:
-    if resume is not None:  # the architecture exactly as saved (some depend on the weights it started from)
-        return _maybe_freeze(cfg, get_model(resume["model_name"], **resume["build_args"]), log)
-    model = get_model(cfg.model, num_classes=len(classes), class_names=classes, img_size=img_size,
-                      weights=cfg.weights, weights_backbone=cfg.weights_backbone,
-                      **({"anchors": anchors} if anchors is not None else {}))
-    report = getattr(model, "transfer_report", None)
-    if report is not None:
-        log.print(str(report))
-    return _maybe_freeze(cfg, model, log)
-
-
-def _maybe_freeze(cfg: TrainConfig, model: nn.Module, log: MetricsLog) -> nn.Module:
-    if cfg.freeze == "backbone":
-        frozen = freeze_backbone(model)
-        log.print(f"froze the backbone: {frozen} parameters, BatchNorm statistics fixed")
-    return model
 
 
 def checkpoint_state(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, ema: AveragedModel | None,

@@ -1,4 +1,5 @@
-"""Building what a run needs from its TrainConfig: device, threads, data, model, optimizer.
+"""Building what a run needs from its TrainConfig: device, threads, data, model (with fitted anchors and
+the input size chosen from the data), optimizer, plan.
 
 Each helper does one thing so `fit()` reads top to bottom.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +19,11 @@ from boxforge.data.formats import common
 from boxforge.data.formats.detect import load_dataset
 from boxforge.data.index import DatasetIndex
 from boxforge.engine.distributed import DistInfo
+from boxforge.engine.logging import MetricsLog
+from boxforge.engine.tasks import Task
 from boxforge.errors import BoxforgeError
+from boxforge.models import get_model
+from boxforge.models.transfer import freeze_backbone
 
 DEFAULT_LR = {"sgd": 0.02, "adamw": 0.002}  # for batch 16; scaled linearly with the global batch
 DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05}
@@ -140,3 +146,58 @@ def make_plan(cfg: TrainConfig, iters_per_epoch: int) -> Plan:
         return Plan(iters_per_epoch, cfg.iterations, None, None)
     epochs = cfg.epochs or DEFAULT_EPOCHS
     return Plan(iters_per_epoch, epochs * steps_per_epoch, None, epochs)
+
+
+def fitted_anchors(cfg: TrainConfig, index: Any, resume: dict[str, Any] | None, log: MetricsLog) -> Any:
+    """--anchors auto: default-box shapes from k-means on the training boxes (None: the model's own)."""
+    if cfg.anchors != "auto" or resume is not None:
+        return None
+    from boxforge.models.anchors import default_shapes, fit_anchor_shapes, mean_best_iou, relative_box_shapes
+    from boxforge.models.detection import ANCHOR_LAYOUT
+
+    if cfg.model not in ANCHOR_LAYOUT:
+        raise BoxforgeError(f"--anchors auto: {cfg.model} keeps its own default boxes (its pretrained head depends "
+                            f"on them); fitted anchors are for: {', '.join(sorted(ANCHOR_LAYOUT))}")
+    wh = relative_box_shapes(index)
+    shapes = fit_anchor_shapes(wh, *ANCHOR_LAYOUT[cfg.model], seed=cfg.seed)
+    default = default_shapes(get_model(cfg.model, num_classes=1).model.anchor_generator)
+    log.print(f"anchors fitted to {len(wh)} training boxes (k-means, 1 - IoU): mean best IoU "
+              f"{mean_best_iou(wh, shapes):.3f} (the default boxes: {mean_best_iou(wh, default):.3f}); (w, h) per "
+              f"feature map: " + "; ".join(" ".join(f"{w:.3f}x{h:.3f}" for w, h in level) for level in shapes))
+    return shapes
+
+
+def input_size(cfg: TrainConfig, index: Any, task: Task, log: MetricsLog) -> int | None:
+    """--img-size: pixels, None (the model's default), or auto: chosen from the training boxes."""
+    if cfg.img_size != "auto":
+        return cfg.img_size
+    if task.name != "detect":
+        raise BoxforgeError("--img-size auto is chosen from box sizes, for detectors; give classifiers a number")
+    from boxforge.models.anchors import relative_box_shapes
+    from boxforge.models.input_size import choose_img_size
+
+    size, reason = choose_img_size(relative_box_shapes(index))
+    log.print(f"--img-size auto: {size} px ({reason})")
+    return size
+
+
+def build_model(cfg: TrainConfig, classes: list[str], resume: dict[str, Any] | None, log: MetricsLog,
+                anchors: Any = None, img_size: int | None = None) -> nn.Module:
+    """The model to train: rebuilt exactly as saved when resuming, else built from the settings (+ --freeze)."""
+    if resume is not None:  # the architecture exactly as saved (some depend on the weights it started from)
+        return _maybe_freeze(cfg, get_model(resume["model_name"], **resume["build_args"]), log)
+    model = get_model(cfg.model, num_classes=len(classes), class_names=classes, img_size=img_size,
+                      weights=cfg.weights, weights_backbone=cfg.weights_backbone,
+                      **({"anchors": anchors} if anchors is not None else {}))
+    report = getattr(model, "transfer_report", None)
+    if report is not None:
+        log.print(str(report))
+    return _maybe_freeze(cfg, model, log)
+
+
+def _maybe_freeze(cfg: TrainConfig, model: nn.Module, log: MetricsLog) -> nn.Module:
+    """--freeze backbone: no gradients and fixed BatchNorm statistics in the feature extractor."""
+    if cfg.freeze == "backbone":
+        frozen = freeze_backbone(model)
+        log.print(f"froze the backbone: {frozen} parameters, BatchNorm statistics fixed")
+    return model
