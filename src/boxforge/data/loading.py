@@ -244,7 +244,10 @@ class DetectionDataset(_ImageDataset):
         return tv_tensors.Image(pixels), self.target(j, height, width)
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
-        image, target = self.load(index)
+        return self.transformed(*self.load(index))
+
+    def transformed(self, image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """`transform` applied to an (image, target) pair, checking boxes and labels stayed in step."""
         if self.transform is not None:
             image_id = target["image_id"]
             image, target = self.transform(image, target)

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from boxforge.data.loading import DetectionDataset, _check_in_step
+from boxforge.data.loading import DetectionDataset
 from boxforge.data.transforms import SSD_FILL
 
 Item = tuple[torch.Tensor, dict[str, Any]]
@@ -128,10 +128,5 @@ class MosaicDataset(Dataset):
         partners = torch.randint(len(self.dataset), (3,)).tolist()
         centre = torch.randint(self.size // 2, 3 * self.size // 2 + 1, (2,)).tolist()
         items = [self.dataset.load(i) for i in (index, *partners)]
-        image, target = mosaic(items, self.size, (centre[0], centre[1]), min_visible=self.min_visible)
-        transform = self.dataset.transform
-        if transform is not None:
-            image_id = target["image_id"]
-            image, target = transform(image, target)
-            _check_in_step(target, image_id)
-        return image, target
+        return self.dataset.transformed(*mosaic(items, self.size, (centre[0], centre[1]),
+                                                min_visible=self.min_visible))
