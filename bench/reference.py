@@ -99,23 +99,35 @@ def loader(dataset: Dataset, batch_size: int, workers: int, seed: int = 0) -> Da
 
 def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: DataLoader, epoch: int,
                     warmup_iters: int, on_step: Callable[[int], None] | None = None,
-                    max_images: int | None = None) -> int:
-    """The references' loop, fp32 eager; returns images seen. on_step(batch) is called after each step."""
+                    max_images: int | None = None, device: torch.device | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> int:
+    """The references' loop, fp32 eager; returns images seen. on_step(batch) is called after each step.
+
+    device: where images and targets go, one tensor at a time as the references move them (CPU: stay).
+    scaler: the references' `--amp` (float16 autocast on the device, loss scaling).
+    """
+    device = device or torch.device("cpu")
     model.train()
     seen = 0
     warmup = None
     if epoch == 0 and warmup_iters > 0:
         warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.001, total_iters=warmup_iters)
     for images, targets in data:
-        images = list(images)
-        targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
-        loss_dict = model(images, targets)
-        losses = sum(loss for loss in loss_dict.values())
+        images = [image.to(device) for image in images]
+        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+        with torch.autocast(device.type, enabled=scaler is not None):
+            loss_dict = model(images, targets)
+            losses = sum(loss for loss in loss_dict.values())
         if not math.isfinite(float(losses.detach())):
             raise RuntimeError(f"loss is {float(losses.detach())}, stopping training")
         optimizer.zero_grad()
-        losses.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(losses).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            losses.backward()
+            optimizer.step()
         if warmup is not None:
             warmup.step()
         seen += len(images)

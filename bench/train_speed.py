@@ -21,9 +21,7 @@ restarts its workers, are left out for both). Accuracy: the tiny model trains fo
 number of images on both sides and both are scored by the same code (VOC12 mAP on the
 test split, boxforge.engine.validate), so speed is not bought with accuracy.
 
-GPU: when CUDA is available, ssd300_vgg16 with AMP is run by `boxforge train --device cuda
---amp` and reported beside NVIDIA's published 724 img/s (SSD300-ResNet50, AMP, one A100,
-DeepLearningExamples); otherwise the JSON says "no GPU".
+The GPU figure (ssd300_vgg16 with AMP beside NVIDIA's published 724 img/s) is bench/gpu_train.py.
 
     python bench/train_speed.py [--images 240 --epochs 5 --batch 8 --workers 2]
 """
@@ -175,15 +173,6 @@ def main() -> None:
                                    "reference": ref_rate, "boxforge": bf_rate, "reference_1_thread": one_rate}
             rows.append((f"{name} img/s (ref -> boxforge)", f"{ref_rate['median']:.2f} -> {bf_rate['median']:.2f}  "
                          f"x{bf_rate['median'] / ref_rate['median']:.2f}  (ref at 1 thread: {one_rate['median']:.2f})"))
-        if torch.cuda.is_available():
-            feed = ("--batch-size", "32", "--workers", str(os.cpu_count() or 1))  # all cores feed the GPU
-            gpu = run_boxforge("ssd300_vgg16", root, args, None, 50, Path(tmp) / "gpu",
-                               ("--device", "cuda", "--amp", *feed))
-            doc["gpu"] = {"device": torch.cuda.get_device_name(0), "ssd300_vgg16_amp": gpu, "anchor": A100_ANCHOR}
-            rows.append(("GPU ssd300_vgg16 AMP img/s", f"{gpu['img_per_s']:.1f} (anchor: 724 img/s SSD300-RN50 A100)"))
-        else:
-            doc["gpu"] = {"device": "no GPU", "anchor": A100_ANCHOR}
-            rows.append(("GPU", "no GPU on this machine; anchor 724 img/s (SSD300-ResNet50, AMP, 1x A100)"))
     write("train_speed", doc, rows)
 
 

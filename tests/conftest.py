@@ -1,6 +1,17 @@
-"""Shared fixtures: tiny datasets written by the tests, and the real sets in ../shared/datasets."""
+"""Shared fixtures: tiny datasets written by the tests, and the real sets in ../shared/datasets.
+
+The suite pins CPU semantics (bit-identical resume, CPU references compared at 1e-3, per-process
+ranks), so it hides CUDA devices from itself and its subprocesses: on a GPU machine, `--device auto`
+would otherwise move those runs onto the GPU (TF32 convolutions, atomics in backward, one GPU for
+two torchrun ranks) and the comparisons would test the card, not the code. The CUDA path is
+exercised by bench/gpu_train.py on a GPU machine.
+"""
 
 from __future__ import annotations
+
+import os
+
+os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything initialises CUDA; see the docstring
 
 from pathlib import Path
 

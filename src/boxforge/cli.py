@@ -125,6 +125,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: cores / local ranks)")
     p.add_argument("--anchors", choices=("default", "auto"),
                    help="auto: default boxes fitted to the training boxes by k-means (ssd_tiny, ssd_mobilenet_fpn)")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="deterministic kernels and no cuDNN autotuning: bit-identical resume on a GPU, "
+                        "some speed lost (CPU runs are deterministic without it)")
     p.add_argument("--sync-bn", action="store_true", default=None,
                    help="torchrun: BatchNorm over the whole global batch, so N ranks train as one process")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,

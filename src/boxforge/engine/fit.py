@@ -34,7 +34,8 @@ from boxforge.engine.logging import MetricsLog
 from boxforge.engine.sampler import ResumableSampler, SeededDataset
 from boxforge.engine.schedule import lr_factor
 from boxforge.engine.setup import (Plan, build_model, build_optimizer, default_lr, fitted_anchors, input_size,
-                                   load_train_val, make_plan, resolve_device, set_threads)
+                                   kernel_choice, load_train_val, make_plan, resolve_device,
+                                   set_threads)
 from boxforge.engine.sync_bn import convert_sync_bn
 from boxforge.engine.tasks import Task, check_index_task, make_task
 from boxforge.engine.watchdog import EXIT_STALL, Watchdog, dead_worker
@@ -83,7 +84,8 @@ def fit(cfg: TrainConfig) -> TrainResult:
     run_dir = Path(cfg.out)
     log = MetricsLog(run_dir if info.is_main else None, enabled=info.is_main, tensorboard=cfg.tensorboard)
     try:
-        result = _fit(cfg, info, device, run_dir, log)
+        with kernel_choice(cfg, device):
+            result = _fit(cfg, info, device, run_dir, log)
     except Exception as exc:
         lost = distributed.lost_peer(exc, info)
         if lost is None:
@@ -128,7 +130,7 @@ def _fit(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run
                                rank=info.rank, world_size=info.world_size)
     dataset = SeededDataset(task.train_dataset(train_index, int(model.img_size)))
     loader = make_loader(dataset, cfg.batch_size, workers=cfg.workers, sampler=sampler, timeout=cfg.stall_timeout,
-                         collate_fn=task.collate)
+                         collate_fn=task.collate, pin_memory=device.type == "cuda")
     if info.enabled and cfg.sync_bn:
         log.print(f"--sync-bn: {convert_sync_bn(model, device)} BatchNorm layers normalise over all ranks")
     model.to(device)

@@ -7,6 +7,8 @@ Each helper does one thing so `fit()` reads top to bottom.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +32,41 @@ DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05}
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
+    """auto: CUDA when present, one GPU per local rank (cuda:LOCAL_RANK), as torchrun and the references do."""
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise BoxforgeError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if info.local_rank >= count:
+            raise BoxforgeError(f"--device {name}: local rank {info.local_rank} needs cuda:{info.local_rank}, but this "
+                                f"machine has {count} CUDA device(s); start at most {count} process(es) per machine "
+                                f"(torchrun --nproc_per_node {count}) or train on CPU with --device cpu")
         return torch.device("cuda", info.local_rank)
     return torch.device("cpu")
+
+
+@contextmanager
+def kernel_choice(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
+    """Speed or bitwise repeatability for the run, restoring torch's global flags afterwards.
+
+    Default on CUDA: cuDNN autotuning (every training batch has the model's fixed input size, so the
+    per-shape search pays once), which picks kernels by timing and so may differ run to run.
+    --deterministic: no autotuning, deterministic kernels only (torch raises for an op without one),
+    cuBLAS's fixed workspace; what `--resume` needs to be bit-identical on a GPU (it is on CPU anyway).
+    """
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.are_deterministic_algorithms_enabled())
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+        torch.use_deterministic_algorithms(True)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[:2]
+        torch.use_deterministic_algorithms(saved[2])
 
 
 def set_threads(cfg: TrainConfig, info: DistInfo, device: torch.device) -> int:
