@@ -25,6 +25,7 @@ SUITE = [
     ("inference_speed", ["--threads", "1", "--repeats", "20"]),
     ("data_pipeline", ["--synthetic", "150", "--workers", "2", "--repeats", "3"]),
     ("train_speed", ["--images", "200", "--epochs", "5", "--ssdlite-iters", "8", "--vgg-iters", "4"]),
+    ("step_speed", []),
     ("gpu_train", []),  # without CUDA: keeps a recorded GPU figure, else writes "no GPU"
     ("memory_rss", ["--epochs", "4", "--images", "160", "--index-size", "60000"]),
     ("plot_darknet", []),

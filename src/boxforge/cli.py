@@ -128,6 +128,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic kernels and no cuDNN autotuning: bit-identical resume on a GPU, "
                         "some speed lost (CPU runs are deterministic without it)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="detectors: weights in channels-last memory, 1.1-1.7x faster steps on CPU (default: on)")
     p.add_argument("--sync-bn", action="store_true", default=None,
                    help="torchrun: BatchNorm over the whole global batch, so N ranks train as one process")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,

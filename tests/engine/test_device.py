@@ -59,8 +59,18 @@ def test_kernel_choice_sets_the_flags_for_the_run_and_restores_them() -> None:
 
 
 def test_deterministic_run_trains_and_is_recorded(synth_set: Path, tmp_path: Path) -> None:
-    """Every op of the default detector has a deterministic kernel on CPU (torch raises otherwise)."""
+    """The flag reaches the checkpoint and the global switch is off again after the run."""
     result = boxforge.train(data=[str(synth_set)], out=str(tmp_path / "run"), iterations=2, deterministic=True,
                             **{**SMALL, "model": "yolo_csp"})
     assert torch.load(result.last, weights_only=True)["config"]["deterministic"] is True
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_detectors_train_channels_last_unless_told_not_to(synth_set: Path, tmp_path: Path) -> None:
+    """Faster steps for every detector (bench/step_speed.py); --no-channels-last keeps torch's default layout."""
+    for flag, expected in ((True, True), (False, False)):
+        result = boxforge.train(data=[str(synth_set)], out=str(tmp_path / str(flag)), iterations=1, channels_last=flag,
+                                **SMALL)
+        convs = [t for t in torch.load(result.last, weights_only=True)["model"].values() if t.dim() == 4 and
+                 t.shape[-1] > 1]
+        assert convs and all(t.is_contiguous(memory_format=torch.channels_last) == expected for t in convs)

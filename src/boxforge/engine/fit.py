@@ -134,8 +134,8 @@ def _fit(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run
     if info.enabled and cfg.sync_bn:
         log.print(f"--sync-bn: {convert_sync_bn(model, device)} BatchNorm layers normalise over all ranks")
     model.to(device)
-    if getattr(getattr(model, "model", None), "prefers_channels_last", False):
-        model.to(memory_format=torch.channels_last)  # dense 3x3 convs: ~25% faster steps on CPU (measured)
+    if cfg.channels_last and getattr(model, "prefers_channels_last", False):
+        model.to(memory_format=torch.channels_last)  # every detector: faster steps, see models/detector.py
     lr = default_lr(cfg, info.world_size)
     optimizer = build_optimizer(model, cfg, lr)
     ema = AveragedModel(model, multi_avg_fn=ema_update_fn(cfg.ema_decay), use_buffers=True) if cfg.ema else None

@@ -51,22 +51,23 @@ def kernel_choice(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
 
     Default on CUDA: cuDNN autotuning (every training batch has the model's fixed input size, so the
     per-shape search pays once), which picks kernels by timing and so may differ run to run.
-    --deterministic: no autotuning, deterministic kernels only (torch raises for an op without one),
-    cuBLAS's fixed workspace; what `--resume` needs to be bit-identical on a GPU (it is on CPU anyway).
+    --deterministic: no autotuning, deterministic kernels where torch has them, cuBLAS's fixed workspace;
+    what `--resume` needs to be bit-identical on a GPU (it is on CPU anyway). An op with no deterministic
+    CUDA kernel (e.g. nearest upsampling's backward) warns, naming itself, rather than ending the run.
     """
     saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-             torch.are_deterministic_algorithms_enabled())
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     try:
         yield
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[:2]
-        torch.use_deterministic_algorithms(saved[2])
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
 
 
 def set_threads(cfg: TrainConfig, info: DistInfo, device: torch.device) -> int:

@@ -36,6 +36,11 @@ class Detector(nn.Module):
     The state dict keys are the SSD's with a "model." prefix; `load_matching` accepts either form.
     """
 
+    # fit() stores the weights channels-last: training steps on 2 cores, fp32, were faster for every detector
+    # (bench/step_speed.py; bench/results/step_speed.json), ssdlite320 most (11.8 -> 18.7 img/s). The input
+    # needs no conversion: a convolution with channels-last weights gives channels-last output.
+    prefers_channels_last = True
+
     def __init__(self, model: SSD, *, name: str, class_names: Sequence[str], img_size: int,
                  backbone: Sequence[str]) -> None:
         """`backbone`: dotted names under `model` of the (pretrainable) feature extractor parts to freeze."""
