@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference  # noqa: E402
 from common import RESULTS, write  # noqa: E402
-from train_speed import A100_ANCHOR, SIZE, steady_rate  # noqa: E402
+from train_speed import A100_ANCHOR, SIZE, steady_rate, timed_train  # noqa: E402
 
 from boxforge import load_dataset  # noqa: E402
 from boxforge.data.synth import synthesize_detection  # noqa: E402
@@ -70,22 +70,10 @@ def reference_gpu(model_name: str, train: Any, args: argparse.Namespace) -> dict
 def boxforge_gpu(model_name: str | None, data: Path, run_dir: Path, args: argparse.Namespace,
                  extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """`boxforge train --device cuda` for --iters steps; img/s from its per-step records."""
-    model = ("--model", model_name, "--img-size", str(SIZE[model_name])) if model_name else ()
-    cmd = [sys.executable, "-m", "boxforge", "train", "--data", str(data), *model, "--device", args.device,
-           "--batch-size", str(args.batch), "--workers", str(args.workers), "--iterations", str(args.iters),
-           "--seed", str(args.seed), "--out", str(run_dir), "--log-every", "1000", "--no-report", *extra]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps, seen = [], 0
-    for r in records:
-        if r.get("type") == "train":
-            steps.append((r["epoch"], r["time"], r["images_seen"] - seen))
-            seen = r["images_seen"]
-    return {"img_per_s": steady_rate(steps, args.skip), "images": seen, "wall_s": wall}
+    model = ["--model", model_name, "--img-size", str(SIZE[model_name])] if model_name else []
+    return timed_train(["--data", str(data), *model, "--device", args.device, "--batch-size", str(args.batch),
+                        "--workers", str(args.workers), "--iterations", str(args.iters), "--seed", str(args.seed),
+                        *extra], run_dir, args.skip)[0]
 
 
 def cli(*argv: str) -> str:

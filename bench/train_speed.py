@@ -96,25 +96,30 @@ def run_reference(model_name: str, train: Any, test: Any | None, args: argparse.
     return out
 
 
-def run_boxforge(model_name: str, data: Path, args: argparse.Namespace, epochs: int | None,
-                 iterations: int | None, run_dir: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    length = ["--epochs", str(epochs), "--val-every", str(epochs)] if epochs else ["--iterations", str(iterations)]
-    cmd = [sys.executable, "-m", "boxforge", "train", "--data", str(data), "--model", model_name,
-           "--img-size", str(SIZE[model_name]), "--batch-size", str(batch_size(model_name, args)),
-           "--workers", str(args.workers),
-           "--seed", str(args.seed), "--out", str(run_dir), "--log-every", "1000", "--no-report", *length, *extra]
+def timed_train(flags: list[str], run_dir: Path, skip: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`boxforge train FLAGS --out RUN_DIR` in a subprocess; img/s from its per-step records, and the records."""
+    cmd = [sys.executable, "-m", "boxforge", "train", *flags, "--out", str(run_dir), "--log-every", "1000",
+           "--no-report"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"boxforge train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(cmd[2:])} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r.get("type") == "train"]
     steps, seen = [], 0
-    for r in train:
-        steps.append((r["epoch"], r["time"], r["images_seen"] - seen))
-        seen = r["images_seen"]
-    out = {"img_per_s": steady_rate(steps, args.skip), "images": seen, "wall_s": wall}
+    for r in records:
+        if r.get("type") == "train":
+            steps.append((r["epoch"], r["time"], r["images_seen"] - seen))
+            seen = r["images_seen"]
+    return {"img_per_s": steady_rate(steps, skip), "images": seen, "wall_s": wall}, records
+
+
+def run_boxforge(model_name: str, data: Path, args: argparse.Namespace, epochs: int | None,
+                 iterations: int | None, run_dir: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    length = ["--epochs", str(epochs), "--val-every", str(epochs)] if epochs else ["--iterations", str(iterations)]
+    out, records = timed_train(["--data", str(data), "--model", model_name, "--img-size", str(SIZE[model_name]),
+                                "--batch-size", str(batch_size(model_name, args)), "--workers", str(args.workers),
+                                "--seed", str(args.seed), *length, *extra], run_dir, args.skip)
     val = [r for r in records if r.get("type") == "val"]
     if epochs and val:
         out["voc12_map"] = val[-1]["voc12_map"]
