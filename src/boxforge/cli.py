@@ -126,8 +126,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--anchors", choices=("default", "auto"),
                    help="auto: default boxes fitted to the training boxes by k-means (ssd_tiny, ssd_mobilenet_fpn)")
     p.add_argument("--deterministic", action="store_true", default=None,
-                   help="deterministic kernels and no cuDNN autotuning: bit-identical resume on a GPU, "
-                        "some speed lost (CPU runs are deterministic without it)")
+                   help="deterministic kernels and no cuDNN autotuning, for bit-identical resume on a GPU "
+                        "(not yet verified there); some speed lost (CPU runs are deterministic without it)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="detectors: weights in channels-last memory, 1.1-1.7x faster steps on CPU (default: on)")
     p.add_argument("--sync-bn", action="store_true", default=None,
