@@ -25,6 +25,8 @@ SUITE = [
     ("inference_speed", ["--threads", "1", "--repeats", "20"]),
     ("data_pipeline", ["--synthetic", "150", "--workers", "2", "--repeats", "3"]),
     ("train_speed", ["--images", "200", "--epochs", "5", "--ssdlite-iters", "8", "--vgg-iters", "4"]),
+    # the default thread count idle and with one core busy (the full sweep: thread_split.py at its defaults, ~15 min)
+    ("thread_split", ["--models", "ssdlite320_mobilenet_v3_large", "--repeats", "1"]),
     ("step_speed", []),
     ("gpu_train", []),  # without CUDA: keeps a recorded GPU figure, else writes "no GPU"
     ("memory_rss", ["--epochs", "4", "--images", "160", "--index-size", "60000"]),

@@ -97,6 +97,26 @@ def step_rows(doc: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def thread_rows(doc: dict[str, Any]) -> list[Row]:
+    """bench/thread_split.py: boxforge's default thread count beside fixed ones, idle and with one core busy."""
+    rows = []
+    for name, m in doc["models"].items():
+        for load in ("idle", "one core busy"):
+            by = m.get(load)
+            if not by or "autox2" not in by:
+                continue
+            auto = by["autox2"]
+            fixed = ", ".join(f"{k.split('x')[0]} thr {v['median']:.1f}" for k, v in by.items()
+                              if k not in ("autox2", "reference"))
+            base = by.get("reference")
+            rows.append((f"training {name} @{m['img_size']}, 2 workers, {load}: default "
+                         f"({'/'.join(map(str, sorted(set(auto['threads'] or []))))} thr), img/s",
+                         f"{auto['median']:.2f} ({fixed})",
+                         f"{base['median']:.2f} (reference defaults)" if base else "",
+                         f"{auto['median'] / base['median']:.2f}x" if base else "", ""))
+    return rows
+
+
 def gpu_rows(doc: dict[str, Any]) -> list[Row]:
     """bench/gpu_train.py; its machine (a lent GPU box) is named in the row, not in the CPU footnote."""
     gpu, m = doc.get("gpu", {}), doc.get("machine", {})
@@ -166,7 +186,8 @@ def memory_rows(doc: dict[str, Any]) -> list[Row]:
 def table() -> str:
     rows: list[Row] = []
     machines = []
-    for name, fn in (("data_pipeline", data_rows), ("train_speed", train_rows), ("step_speed", step_rows),
+    for name, fn in (("data_pipeline", data_rows), ("train_speed", train_rows), ("thread_split", thread_rows),
+                     ("step_speed", step_rows),
                      ("eval_speed", eval_rows),
                      ("inference_speed", inference_rows), ("check_speed", check_rows), ("memory_rss", memory_rows)):
         doc = load(name)

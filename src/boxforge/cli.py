@@ -122,7 +122,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="data loader worker processes (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: cores / local ranks)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: the cores / local ranks, less the "
+                   "cores other processes keep busy as the run starts; a resumed run keeps its checkpoint's)")
     p.add_argument("--anchors", choices=("default", "auto"),
                    help="auto: default boxes fitted to the training boxes by k-means (ssd_tiny, ssd_mobilenet_fpn)")
     p.add_argument("--deterministic", action="store_true", default=None,

@@ -24,8 +24,9 @@ def train_args(data: Path, out: Path, *extra: str) -> list[str]:
             "--threads", "1", "--log-every", "1", "--seed", "7", *extra]
 
 
-def run_cli(args: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_cli(args: list[str], timeout: float = 300, env: dict[str, str] | None = None,
+            **kwargs) -> subprocess.CompletedProcess:
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "boxforge", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kwargs)
 

@@ -34,10 +34,10 @@ from boxforge.engine.logging import MetricsLog
 from boxforge.engine.sampler import ResumableSampler, SeededDataset
 from boxforge.engine.schedule import lr_factor
 from boxforge.engine.setup import (Plan, build_model, build_optimizer, default_lr, fitted_anchors, input_size,
-                                   kernel_choice, load_train_val, make_plan, resolve_device,
-                                   set_threads)
+                                   kernel_choice, load_train_val, make_plan, resolve_device)
 from boxforge.engine.sync_bn import convert_sync_bn
 from boxforge.engine.tasks import Task, check_index_task, make_task
+from boxforge.engine.threads import keep_checkpoint_threads, set_threads
 from boxforge.engine.watchdog import EXIT_STALL, Watchdog, dead_worker
 from boxforge.errors import BoxforgeError
 
@@ -79,10 +79,12 @@ def fit(cfg: TrainConfig) -> TrainResult:
     """Train a detector or a classifier as `cfg` says; returns where the outputs are. See README "Training"."""
     info = distributed.from_env()
     device = resolve_device(cfg.device, info)
-    set_threads(cfg, info, device)
+    threads_note = set_threads(cfg, info, device)
     distributed.init(info, device, cfg.stall_timeout)
     run_dir = Path(cfg.out)
     log = MetricsLog(run_dir if info.is_main else None, enabled=info.is_main, tensorboard=cfg.tensorboard)
+    if threads_note:
+        log.print(threads_note)
     try:
         with kernel_choice(cfg, device):
             result = _fit(cfg, info, device, run_dir, log)
@@ -114,6 +116,8 @@ def _write_report(run_dir: Path, device: torch.device) -> None:
 def _fit(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run_dir: Path,
          log: MetricsLog) -> TrainResult:
     resume = _find_resume(cfg, run_dir, log)
+    if resume is not None and (note := keep_checkpoint_threads(cfg, resume.get("threads"))):
+        log.print(note)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     train_index, val_index = load_train_val(cfg)
@@ -184,7 +188,7 @@ def checkpoint_state(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.
     return {
         "format": ckpt.CHECKPOINT_FORMAT, "task": getattr(model, "task", "detect"), "model_name": cfg.model,
         "class_names": list(model.class_names), "img_size": int(model.img_size), "config": cfg.to_dict(),
-        "build_args": dict(model.build_args),
+        "build_args": dict(model.build_args), "threads": torch.get_num_threads(),
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
         "ema": ema.state_dict() if ema is not None else None,
         "epoch": state.epoch, "iteration": state.iteration, "global_step": state.global_step,

@@ -70,23 +70,6 @@ def kernel_choice(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
 
 
-def set_threads(cfg: TrainConfig, info: DistInfo, device: torch.device) -> int:
-    """Intra-op threads so that ranks and workers on one machine do not oversubscribe the cores.
-
-    On CPU: the cores split between local ranks, minus one core per data worker when there
-    are cores to spare (workers run one thread each).
-    """
-    if cfg.threads:
-        threads = cfg.threads
-    else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size if info.enabled else 1))
-        share = max(1, cores // max(local, 1))
-        threads = share if device.type == "cpu" and cfg.workers < share else max(1, share - cfg.workers)
-    torch.set_num_threads(threads)
-    return threads
-
-
 def _split_names(root: Path) -> set[str]:
     return set(common.available_splits(root)) | {d.name for d in root.iterdir() if d.is_dir()} if root.is_dir() else set()
 
