@@ -72,6 +72,7 @@ class TrainConfig:
     anchors: str = "default"  # or "auto": default boxes fitted to the training boxes (k-means, 1 - IoU)
     deterministic: bool = False  # deterministic kernels, no cuDNN autotuning (engine/setup.py kernel_choice)
     channels_last: bool = True  # detectors' weights in channels-last memory (faster steps; models/detector.py)
+    keep_memory: bool = True  # CPU: glibc malloc keeps freed blocks, no page faults per step (engine/malloc.py)
     sync_bn: bool = False  # torchrun: BatchNorm statistics over all ranks (torchvision references' --sync-bn)
     mosaic: float = 0.0  # detectors: probability that a training sample is a 4-image mosaic (data/mosaic.py)
     cache: str = "auto"  # "ram" / "auto" (when it fits in 10% of RAM) / "off": decoded images in memory (data/cache.py)

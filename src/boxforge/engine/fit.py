@@ -31,6 +31,7 @@ from boxforge.data.loading import make_loader
 from boxforge.engine import distributed
 from boxforge.engine.ema import ema_update_fn
 from boxforge.engine.logging import MetricsLog
+from boxforge.engine.malloc import keep_freed_memory
 from boxforge.engine.sampler import ResumableSampler, SeededDataset
 from boxforge.engine.schedule import lr_factor
 from boxforge.engine.setup import (Plan, build_model, build_optimizer, default_lr, fitted_anchors, input_size,
@@ -80,6 +81,8 @@ def fit(cfg: TrainConfig) -> TrainResult:
     info = distributed.from_env()
     device = resolve_device(cfg.device, info)
     threads_note = set_threads(cfg, info, device)
+    if cfg.keep_memory and device.type == "cpu":
+        keep_freed_memory()  # process-wide and lasting: see engine/malloc.py
     distributed.init(info, device, cfg.stall_timeout)
     run_dir = Path(cfg.out)
     log = MetricsLog(run_dir if info.is_main else None, enabled=info.is_main, tensorboard=cfg.tensorboard)

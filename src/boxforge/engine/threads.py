@@ -1,11 +1,11 @@
 """How many intra-op threads a training process takes: its share of the cores, less those busy elsewhere.
 
-Why (bench/thread_split.py, 2 cores, batch 8): on idle cores the training process trains fastest
-with every core, even beside 2 data workers, which mostly sleep on a full prefetch queue
-(ssdlite320 12.3-13.5 img/s at 2 threads vs 8.8-8.9 at 1; yolo_csp 23-24 vs 18). When another
-process keeps a core busy, the thread that shares that core is the slowest of every parallel
-region and the others wait for it: 2 threads then trained at about half the 1-thread speed
-(yolo_csp 9-10 vs 17, ssdlite320 4.5-5.1 vs 8.5-9.0). So the default counts the cores other
+Why (bench/thread_split.py, 2 cores, batch 8, medians of 2 runs): on idle cores the training
+process trains fastest with every core, even beside 2 data workers, which mostly sleep on a full
+prefetch queue (ssdlite320 17.2 img/s at 2 threads vs 12.4 at 1; yolo_csp 24.1 vs 18.7). When
+another process keeps a core busy, the thread that shares that core is the slowest of every
+parallel region and the others wait for it: 2 threads then trained at about half the 1-thread
+speed (ssdlite320 6.1 vs 11.7, yolo_csp 9.0 vs 17.7). So the default counts the cores other
 processes keep busy when the run starts, over a short window, and leaves them out.
 
 Thread counts change float summation order, so a resumed run keeps the count its checkpoint
