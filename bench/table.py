@@ -117,6 +117,14 @@ def thread_rows(doc: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def storage_rows(doc: dict[str, Any]) -> list[Row]:
+    """bench/slow_storage.py: a pack on local disk vs JPEGs on a store with per-read latency (simulated)."""
+    return [(f"data pipeline, {doc['workers']} workers, JPEGs on a store with {c['latency_ms']:g} ms per image read "
+             "(simulated) vs a local pack, samples/s", f"{c['pack']['samples_per_s']:.1f}",
+             f"{c['jpegs']['samples_per_s']:.1f} (JPEGs)", f"{c['pack_vs_jpegs']:.2f}x", "")
+            for c in doc["cases"]]
+
+
 def gpu_rows(doc: dict[str, Any]) -> list[Row]:
     """bench/gpu_train.py; its machine (a lent GPU box) is named in the row, not in the CPU footnote."""
     gpu, m = doc.get("gpu", {}), doc.get("machine", {})
@@ -186,7 +194,8 @@ def memory_rows(doc: dict[str, Any]) -> list[Row]:
 def table() -> str:
     rows: list[Row] = []
     machines = []
-    for name, fn in (("data_pipeline", data_rows), ("train_speed", train_rows), ("thread_split", thread_rows),
+    for name, fn in (("data_pipeline", data_rows), ("slow_storage", storage_rows), ("train_speed", train_rows),
+                     ("thread_split", thread_rows),
                      ("step_speed", step_rows),
                      ("eval_speed", eval_rows),
                      ("inference_speed", inference_rows), ("check_speed", check_rows), ("memory_rss", memory_rows)):
