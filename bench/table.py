@@ -98,22 +98,24 @@ def step_rows(doc: dict[str, Any]) -> list[Row]:
 
 
 def thread_rows(doc: dict[str, Any]) -> list[Row]:
-    """bench/thread_split.py: boxforge's default thread count beside fixed ones, idle and with one core busy."""
+    """bench/thread_split.py: boxforge's default thread count beside --threads auto and fixed ones, idle and
+    with one core busy. (Results written before the default stopped following the load name it `autox2`.)"""
     rows = []
     for name, m in doc["models"].items():
         for load in ("idle", "one core busy"):
             by = m.get(load)
-            if not by or "autox2" not in by:
+            key = "defaultx2" if by and "defaultx2" in by else "autox2"
+            if not by or key not in by:
                 continue
-            auto = by["autox2"]
-            fixed = ", ".join(f"{k.split('x')[0]} thr {v['median']:.1f}" for k, v in by.items()
-                              if k not in ("autox2", "reference"))
+            default = by[key]
+            others = ", ".join(f"{k.split('x')[0]}{'' if k.startswith('auto') else ' thr'} {v['median']:.1f}"
+                               for k, v in by.items() if k not in (key, "reference"))
             base = by.get("reference")
             rows.append((f"training {name} @{m['img_size']}, 2 workers, {load}: default "
-                         f"({'/'.join(map(str, sorted(set(auto['threads'] or []))))} thr), img/s",
-                         f"{auto['median']:.2f} ({fixed})",
+                         f"({'/'.join(map(str, sorted(set(default['threads'] or []))))} thr), img/s",
+                         f"{default['median']:.2f} ({others})",
                          f"{base['median']:.2f} (reference defaults)" if base else "",
-                         f"{auto['median'] / base['median']:.2f}x" if base else "", ""))
+                         f"{default['median'] / base['median']:.2f}x" if base else "", ""))
     return rows
 
 

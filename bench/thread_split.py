@@ -1,17 +1,18 @@
 """Thread split: training img/s for intra-op threads x data workers, on idle cores and with one core busy.
 
-`boxforge train` chooses how many intra-op threads the training process gets (engine/threads.py:
-its share of the cores, less the cores other processes keep busy as the run starts). This
-measures that default beside fixed choices, each as `boxforge train --threads T --workers W`,
-in two conditions in the same run:
+`boxforge train` chooses how many intra-op threads the training process gets (engine/threads.py):
+by default its share of the cores whatever the load (so a seeded run repeats bit-identically), and
+with `--threads auto` that share less the cores other processes keep busy as the run starts. This
+measures both beside fixed choices, each as `boxforge train --threads T --workers W`, in two
+conditions in the same run:
 
 - idle: nothing else runs;
 - one core busy: a background process spins on one core for the whole run (another job on
   a shared laptop or CI box), the case where a thread sharing its core with it holds up every
   parallel region of the others.
 
-Settings are THREADSxWORKERS[:spin|:passive], THREADS a number or `auto` (boxforge's default,
-no --threads). The OpenMP wait policy suffix sets GOMP_SPINCOUNT=300000 (libgomp's default) or
+Settings are THREADSxWORKERS[:spin|:passive], THREADS a number, `default` (no --threads) or `auto`
+(--threads auto). The OpenMP wait policy suffix sets GOMP_SPINCOUNT=300000 (libgomp's default) or
 OMP_WAIT_POLICY=PASSIVE for the run; results/thread_split_wait_policy.json is the run that
 compared them (passive waits helped ssdlite320 under load but cost yolo_csp 20% on idle cores,
 so boxforge does not ask for them). The reference loop at its defaults (torch's one thread per
@@ -78,8 +79,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["ssdlite320_mobilenet_v3_large", "ssd_tiny", "yolo_csp"],
                     help="models; those without a reference recipe are compared with the first setting")
-    ap.add_argument("--splits", nargs="+", default=["autox2", "1x2", "2x2"],
-                    help="THREADSxWORKERS[:spin|:passive] settings of boxforge train; THREADS auto: the default")
+    ap.add_argument("--splits", nargs="+", default=["defaultx2", "autox2", "1x2", "2x2"],
+                    help="THREADSxWORKERS[:spin|:passive] settings of boxforge train; THREADS default: no "
+                         "--threads; auto: --threads auto")
     ap.add_argument("--name", default="thread_split", help="results/NAME.json")
     ap.add_argument("--images", type=int, default=200, help="synthetic images (80%% train)")
     ap.add_argument("--iters", type=int, default=12, help="training steps per run")
@@ -112,7 +114,7 @@ def main() -> None:
                                                       "--img-size", str(SIZE.get(model, 320)),
                                                       "--batch-size", str(args.batch), "--iterations", str(args.iters),
                                                       "--seed", str(args.seed), "--workers", workers,
-                                                      *([] if threads == "auto" else ["--threads", threads])],
+                                                      *([] if threads == "default" else ["--threads", threads])],
                                                      Path(tmp) / f"{model}-{split}-{load[0]}-{r}", args.skip)
                             rates.setdefault(load, {}).setdefault(split, []).append(out["img_per_s"])
                             used = load_checkpoint(Path(tmp) / f"{model}-{split}-{load[0]}-{r}" / "last.pt")["threads"]

@@ -11,19 +11,28 @@ from boxforge.data.check import CheckReport, check_dataset
 from boxforge.data.convert import ConvertReport, convert as _convert
 from boxforge.data.formats.detect import load_dataset
 from boxforge.data.index import DatasetIndex
+from boxforge.data.splits import SplitPlan, plan_splits
 from boxforge.errors import BoxforgeError
 
-__all__ = ["check", "convert", "load_dataset", "synth", "train"]
+__all__ = ["check", "convert", "load_dataset", "plan_splits", "synth", "train"]
 
 
 def check(data: str | Path | list[str | Path] | DatasetIndex, *, split: str | None = None,
-          format: str | None = None, deep: bool = False) -> CheckReport:
-    """Find every problem in DATA that would crash or spoil training. See `CheckReport`."""
+          format: str | None = None, deep: bool = False, plan: SplitPlan | None = None) -> CheckReport:
+    """Find every problem in DATA that would crash or spoil training. See `CheckReport`.
+
+    plan: the split policy's choice for DATA, reported as `splits` (computed here when DATA is a path).
+    """
     index = data if isinstance(data, DatasetIndex) else load_dataset(data, split=split, format=format)
     if index.format == "pack":
         raise BoxforgeError(f"{index.root} is a boxforge pack: check the dataset it was packed from "
                             f"({index.meta.get('pack_source')}); a pack verifies each image's CRC-32 as it is read")
-    return check_dataset(index, deep=deep)
+    if plan is None and not isinstance(data, DatasetIndex):
+        plan = plan_splits(data, format=format)
+    report = check_dataset(index, deep=deep)
+    if plan is not None:
+        report.splits = {"train": plan.train, "val": plan.val, "eval": plan.test}
+    return report
 
 
 def convert(data: str | Path | list[str | Path] | DatasetIndex, out: str | Path, *, to: str,

@@ -30,6 +30,16 @@ def _size_or_auto(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{text!r}: give a number of pixels or auto") from None
 
 
+def _count_or_auto(text: str) -> int | str:
+    """--threads: a count, or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of threads or auto") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boxforge", description="Datasets in, detectors out. "
                                      "Run `boxforge COMMAND --help` for each command.")
@@ -100,8 +110,14 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                                    "defaults; the resolved settings are saved as OUT/config.yaml. Exit status 75: "
                                    "stopped by the stall watchdog (restart with --resume auto).")
     p.add_argument("--data", nargs="+", metavar="DATA", help="dataset folder/file (several VOC roots are merged)")
-    p.add_argument("--split", help="training split (default: trainval, else train, else everything)")
-    p.add_argument("--val", help="validation dataset, or a split name of DATA (default: val, else test)")
+    p.add_argument("--split", help="training split; `+` joins several, `VOC2007/trainval` names one year of a "
+                   "VOCdevkit (default: the split policy: train with val, else trainval or train with test; "
+                   "every year's trainval for a VOCdevkit; see README \"Splits\")")
+    p.add_argument("--val", help="validation split of DATA, or another dataset (default: the split policy: "
+                   "val, else test; VOC2007/test for a VOCdevkit)")
+    p.add_argument("--allow-overlap", action="store_true", default=None,
+                   help="train even when the validation set shares images (same file or same bytes) with the "
+                        "training set; best.pt is then chosen partly on training images")
     p.add_argument("--format", choices=FORMATS)
     p.add_argument("--model", choices=sorted(MODELS), help="default: yolo_csp")
     p.add_argument("--task", choices=("detect", "classify"), help="default: the model's (classifiers: mobilenet_v2, "
@@ -122,8 +138,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="data loader worker processes (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: the cores / local ranks, less the "
-                   "cores other processes keep busy as the run starts; a resumed run keeps its checkpoint's)")
+    p.add_argument("--threads", type=_count_or_auto, metavar="N|auto",
+                   help="torch intra-op threads (default: the cores / local ranks, so a seeded run repeats "
+                   "bit-identically whatever the load; auto: less the cores other processes keep busy as the run "
+                   "starts, faster on a busy machine but not repeatable; a resumed run keeps its checkpoint's)")
     p.add_argument("--anchors", choices=("default", "auto"),
                    help="auto: default boxes fitted to the training boxes by k-means (ssd_tiny, ssd_mobilenet_fpn)")
     p.add_argument("--deterministic", action="store_true", default=None,
@@ -220,9 +238,11 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Evaluate --weights (a boxforge checkpoint or exported .onnx, run on the images "
                                    "with score threshold 0.001 and 100 detections per image) or --predictions (a "
                                    "boxforge predictions file, or a COCO results list for COCO data; no image files "
-                                   "needed). Default split: test, else val, else every image.")
+                                   "needed). Default split: test, else val (VOC2007/test for a VOCdevkit), else "
+                                   "every image.")
     p.add_argument("--data", nargs="+", required=True, metavar="DATA", help="dataset folder or file")
-    p.add_argument("--split", help="split name or a txt file of image ids (default: test, else val, else all)")
+    p.add_argument("--split", help="split name (`VOC2007/test`, `val2017`, `a+b` for several) or a txt file of "
+                   "image ids (default: the split policy's: test, else val; VOC2007/test for a VOCdevkit)")
     p.add_argument("--format", choices=FORMATS, help="force the dataset format instead of detecting it")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--weights", type=Path, metavar="CKPT_OR_ONNX")
@@ -352,7 +372,7 @@ def _run_check(args: argparse.Namespace) -> int:
         raise BoxforgeError("--fix needs --quarantine DIR: files are moved there, never deleted")
     data = args.data if len(args.data) > 1 else args.data[0]
     index = api.load_dataset(data, split=args.split, format=args.format)
-    report = api.check(index, deep=args.deep)
+    report = api.check(index, deep=args.deep, plan=api.plan_splits(data, format=args.format))
     print(format_report(report, " ".join(args.data)))
     if args.json:
         args.json.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")

@@ -28,6 +28,7 @@ class TrainConfig:
     data: list[str] = field(default_factory=list)
     split: str | None = None
     val: str | None = None
+    allow_overlap: bool = False  # train even when the validation set shares images with the training set
     format: str | None = None
     model: str = "yolo_csp"
     task: str | None = None
@@ -65,7 +66,7 @@ class TrainConfig:
     on_disk_full: str = "stop"  # a checkpoint save that finds the disk full: "stop" the run, or "continue" unsaved
     log_every: int = 10
     max_nonfinite: int = 5
-    threads: int | None = None
+    threads: int | str | None = None  # None: the core share (bit-identical); "auto": less the busy cores
     strict_data: bool = False
     tensorboard: bool = False  # also log metrics.jsonl's scalars to RUN_DIR/tensorboard (optional package)
     report: bool = True  # write RUN_DIR/report.html when the run ends (main rank)
@@ -115,6 +116,9 @@ class TrainConfig:
         if self.img_size is not None and self.img_size != "auto" and (
                 isinstance(self.img_size, bool) or not isinstance(self.img_size, int) or self.img_size < 32):
             raise BoxforgeError(f"--img-size {self.img_size!r}; allowed: an integer >= 32 or auto")
+        if self.threads is not None and self.threads != "auto" and (
+                isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
+            raise BoxforgeError(f"--threads {self.threads!r}; allowed: an integer >= 1 or auto")
         if self.freeze not in (None, "backbone"):
             raise BoxforgeError(f"--freeze {self.freeze!r}; the only choice is: backbone")
         for name in ("batch_size", "accumulate", "keep", "val_every", "log_every"):

@@ -18,15 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from boxforge.data.formats import common
 from boxforge.data.formats.detect import load_dataset
 from boxforge.data.index import DatasetIndex
+from boxforge.data.splits import eval_split
 from boxforge.errors import BoxforgeError
 from boxforge.evaluation import METRICS, Predictions, evaluate_detections, load_predictions, save_predictions
 
 EVAL_SCORE_THRESH = 0.001  # benchmark convention: keep low-score detections, they still add recall
 EVAL_MAX_DET = 100
-SPLIT_PREFERENCE = ("test", "val", "valid")
 
 
 @dataclass
@@ -65,18 +64,12 @@ def _nan_to_none(value: Any) -> Any:
     return value
 
 
-def default_split(data: str | Path | Sequence[str | Path]) -> str | None:
-    """For one folder offering splits (ImageSets/Main/*.txt, NAME.txt, or split folders): test, else val,
-    else valid; otherwise None (every image)."""
-    if isinstance(data, (list, tuple)):
-        if len(data) != 1:
-            return "test" if all((Path(d) / "ImageSets" / "Main" / "test.txt").is_file() for d in data) else None
+def default_split(data: str | Path | Sequence[str | Path], format: str | None = None) -> str | None:
+    """The split `eval` scores when none is given: the split policy's choice (data/splits.py): `test`, else
+    `val`; `VOC2007/test` for a VOCdevkit of several years; None (every image) without splits."""
+    if isinstance(data, (list, tuple)) and len(data) == 1:
         data = data[0]
-    root = Path(data)
-    if not root.is_dir():
-        return None
-    names = set(common.available_splits(root)) | {d.name for d in root.iterdir() if d.is_dir()}
-    return next((name for name in SPLIT_PREFERENCE if name in names), None)
+    return eval_split(data, format=format)
 
 
 def resolve_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
@@ -135,7 +128,7 @@ def evaluate(data: str | Path | Sequence[str | Path] | DatasetIndex, *, weights:
              progress: bool = True, plots: str | Path | None = None) -> EvalReport:
     """Evaluate `weights` (run on the images) or a `predictions` file on DATA; see EvalReport.
 
-    split: default `default_split(data)` (test, else val, else everything).
+    split: default `default_split(data)`: the split policy's evaluation split (data/splits.py).
     plots: a folder for per-class precision/recall curves and the table as PNG (see plots/evaluation.py).
     """
     if (weights is None) == (predictions is None):
@@ -145,7 +138,7 @@ def evaluate(data: str | Path | Sequence[str | Path] | DatasetIndex, *, weights:
     if isinstance(data, DatasetIndex):
         index, name = data, str(data.root)
     else:
-        split = split if split is not None else default_split(data)
+        split = split if split is not None else default_split(data, format)
         index = load_dataset(data, split=split, format=format)
         name = " ".join(map(str, data)) if isinstance(data, (list, tuple)) else str(data)
     if index.task != "detect":

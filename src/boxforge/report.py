@@ -22,6 +22,7 @@ import base64
 import contextlib
 import html
 import io
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -117,10 +118,19 @@ def _load_splits(config: dict[str, Any] | None) -> tuple[DatasetIndex | None, Da
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            train, val = load_train_val(make_config(config))
+            chosen = load_train_val(make_config(config))
     except _MISSING as exc:
         return None, None, f"cannot read the run's dataset {config.get('data')}: {str(exc).splitlines()[0]}"
-    return train, val, ""
+    return chosen.train, chosen.val, ""
+
+
+def _sources(run_dir: Path) -> dict[str, list[str]]:
+    """role -> where its images came from, as the run wrote them to RUN_DIR/splits.json."""
+    try:
+        doc = json.loads((run_dir / "splits.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {role: list(side.get("sources", [])) for role, side in doc.items() if isinstance(side, dict)}
 
 
 def settings_section(config_text: str) -> Section:
@@ -129,19 +139,21 @@ def settings_section(config_text: str) -> Section:
     return Section("settings", "Settings (config.yaml)", f'<pre class="config">{html.escape(config_text)}</pre>')
 
 
-def dataset_section(train: DatasetIndex | None, val: DatasetIndex | None, why: str) -> Section:
+def dataset_section(train: DatasetIndex | None, val: DatasetIndex | None, why: str,
+                    sources: dict[str, list[str]] | None = None) -> Section:
     if train is None:
         return Section("dataset", "Dataset", _missing(why))
     splits = [("train", train)] + ([("validation", val)] if val is not None else [])
     classes = list(train.classes)
     boxes = train.task == "detect"  # per class: boxes of a detection set, images of a classification set
-    headers = ["split", "name", "images"] + (["boxes"] if boxes else []) + classes
+    headers = ["split", "sources", "images"] + (["boxes"] if boxes else []) + classes
     rows = []
     for role, index in splits:
         counts = index.class_counts()
-        rows.append([role, index.split or "(all)", len(index)] + ([index.num_objects] if boxes else [])
+        where = "; ".join((sources or {}).get("val" if role == "validation" else role, [])) or index.split or "(all)"
+        rows.append([role, where, len(index)] + ([index.num_objects] if boxes else [])
                     + [counts.get(c, 0) for c in classes])
-    note = "" if val is not None else _missing("no validation split: no best.pt, no evaluation")
+    note = "" if val is not None else _missing("no validation set: best.pt is the last weights, no evaluation")
     return Section("dataset", "Dataset", f"<p>{len(classes)} classes: {html.escape(', '.join(classes))}</p>"
                    + _table(headers, rows) + note)
 
@@ -296,7 +308,7 @@ def write_report(run_dir: str | Path, *, device: str = "auto", images: int = SHO
     config, config_text = _read_config(run_dir)
     train, val, why = _load_splits(config)
     curves, summary = curves_section(run_dir)
-    sections = [settings_section(config_text), dataset_section(train, val, why), curves]
+    sections = [settings_section(config_text), dataset_section(train, val, why, _sources(run_dir)), curves]
     sections += _model_sections(run_dir, val, device, images)
     model = f"{config.get('model')} on {', '.join(map(str, config.get('data') or []))}: " if config else ""
     page = render(f"boxforge run {run_dir.name}", model + (summary or "no training steps logged"), sections)

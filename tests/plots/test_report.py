@@ -104,11 +104,11 @@ def test_training_writes_a_self_contained_report(trained_run: Run) -> None:
     train = boxforge.load_dataset(trained_run.data, split="trainval")
     test = boxforge.load_dataset(trained_run.data, split="test")
     header, *rows = page.tables["dataset"]
-    assert header == ["split", "name", "images", "boxes", *train.classes]
-    for row, index in zip(rows, (train, test)):
+    assert header == ["split", "sources", "images", "boxes", *train.classes]
+    for row, index in zip(rows, (train, test)):  # the sources as RUN_DIR/splits.json names them
         counts = index.class_counts()
-        assert row[1:] == [index.split, str(len(index)), str(index.num_objects)] + [str(counts[c]) for c in
-                                                                                      train.classes]
+        assert row[1:] == [f"{trained_run.data}: {index.split}", str(len(index)), str(index.num_objects)] + [
+            str(counts[c]) for c in train.classes]
 
     # curves: loss, lr/throughput, validation
     assert [s for s, _ in page.images].count("curves") == 3

@@ -20,11 +20,8 @@ from boxforge.data.images import ImageHeader, ImageReadError, read_header, verif
 from boxforge.data.index import DatasetIndex, Sample
 from boxforge.data.problems import Problem
 from boxforge.data.safety import regular_file_problem
+from boxforge.data.splits import nested_splits
 from boxforge.errors import UnsafeInputError
-
-# Split pairs that overlap by definition (VOC trainval = train + val).
-_NESTED_SPLITS = {frozenset(("trainval", "train")), frozenset(("trainval", "val"))}
-
 
 @dataclass
 class CheckReport:
@@ -37,6 +34,7 @@ class CheckReport:
     difficult: int
     problems: list[Problem] = field(default_factory=list)
     box_sizes: dict[str, float] = field(default_factory=dict)
+    splits: dict[str, str | None] = field(default_factory=dict)  # what train/eval would use: {"train", "val", "eval"}
 
     @property
     def errors(self) -> list[Problem]:
@@ -48,7 +46,7 @@ class CheckReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": self.format, "images": self.images, "objects": self.objects, "classes": self.classes,
-                "difficult": self.difficult, "box_sizes": self.box_sizes,
+                "difficult": self.difficult, "box_sizes": self.box_sizes, "splits": self.splits,
                 "problems": [p.to_dict() for p in self.problems]}
 
 
@@ -169,7 +167,7 @@ def _duplicates(index: DatasetIndex) -> list[Problem]:
             found.append(Problem("duplicate_image", "warning", index.relative(other.image_path),
                                  index.relative(other.annotation_path),
                                  f"same bytes as {index.relative(first.image_path)}"))
-            if a and b and a != b and frozenset((a, b)) not in _NESTED_SPLITS:
+            if a and b and a != b and not nested_splits(a, b):
                 found.append(Problem("split_overlap", "error", index.relative(other.image_path), "",
                                      f"same image as {index.relative(first.image_path)}, in splits {a!r} and {b!r}"))
     return found
@@ -189,7 +187,7 @@ def _split_overlap(index: DatasetIndex) -> list[Problem]:
     found = []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            if frozenset((a, b)) in _NESTED_SPLITS:
+            if nested_splits(a, b):
                 continue
             for image_id in sorted(set(index.splits[a]) & set(index.splits[b])):
                 found.append(Problem("split_overlap", "error", image_id, "", f"listed in both {a!r} and {b!r}"))

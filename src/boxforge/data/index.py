@@ -159,3 +159,34 @@ def merge_indexes(indexes: list[DatasetIndex], prefixes: list[str], root: Path, 
     meta.pop("coco_image_ids", None)
     return DatasetIndex(classes=list(first.classes), samples=samples, format=first.format, root=root,
                         task=first.task, split=split, problems=problems, splits=splits, meta=meta)
+
+
+def union_indexes(indexes: list[DatasetIndex], names: list[str], split: str | None = None) -> DatasetIndex:
+    """One index from several splits of one dataset (`train+val`), each image once.
+
+    An image id in two parts is one image when both name the same file (trainval + val), and kept
+    twice as `name/id` when the files differ (a YOLO export reuses file names across split folders).
+    Class lists must be equal (they come from the same dataset).
+    """
+    first = indexes[0]
+    for other in indexes[1:]:
+        if other.classes != first.classes:
+            raise ValueError(f"cannot join splits {names}: their classes differ ({other.classes} vs {first.classes})")
+    samples: dict[str, Sample] = {}
+    splits: dict[str, list[str]] = {}
+    problems: dict[tuple[str, ...], Problem] = {}
+    for idx, name in zip(indexes, names):
+        for s in idx.samples:
+            seen = samples.get(s.image_id)
+            if seen is not None and seen.image_path != s.image_path:
+                s.image_id = f"{name}/{s.image_id}"
+            samples.setdefault(s.image_id, s)
+            splits.setdefault(name, []).append(s.image_id)
+        problems.update(((p.kind, p.image, p.annotation, p.detail), p) for p in idx.problems)
+    for idx in indexes:
+        for key, ids in idx.splits.items():
+            splits.setdefault(key, list(ids))
+    meta = dict(first.meta) if len(indexes) == 1 else {k: v for k, v in first.meta.items() if k == "category_ids"}
+    return DatasetIndex(classes=list(first.classes), samples=list(samples.values()), format=first.format,
+                        root=first.root, task=first.task, split=split, problems=list(problems.values()),
+                        splits=splits, meta=meta)

@@ -143,6 +143,12 @@ def _pack_file(root: Path, name: str) -> Path:
     return path
 
 
+def split_names(root: Path) -> list[str]:
+    """The source's splits a pack kept (`<split>.txt` beside `pack.json`), sorted."""
+    meta = json.loads(_pack_file(root, META).read_text(encoding="utf-8"))
+    return sorted(name for name in meta.get("splits", []) if (root / f"{name}.txt").is_file())
+
+
 def read_pack(root: str | Path, split: str | None = None) -> DatasetIndex:
     """The index of a pack (boxes in packed pixels); `split` a name with a `<split>.txt` in the pack, or a txt path.
 

@@ -26,6 +26,10 @@ def format_report(report: CheckReport, source: str = "") -> str:
         rel = f", median {b['relative_median']:.1%} of the image side" if "relative_median" in b else ""
         lines.append(f"  box size (sqrt area, px): min {b['side_min']:.1f}  median {b['side_median']:.1f}  "
                      f"max {b['side_max']:.1f}{rel}")
+    if report.splits:
+        sp = report.splits
+        lines.append(f"  splits: training {sp.get('train') or '(every image)'}, validation {sp.get('val') or '(none)'}, "
+                     f"eval {sp.get('eval') or '(every image)'}")
     lines += _problem_lines(report.problems)
     n_err, n_warn = len(report.errors), len(report.warnings)
     verdict = "OK: ready to train" if n_err == 0 else "NOT READY: fix the errors above (or quarantine them with --fix)"

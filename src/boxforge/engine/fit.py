@@ -12,6 +12,7 @@ scheduler.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import sys
@@ -123,7 +124,10 @@ def _fit(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run
         log.print(note)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    train_index, val_index = load_train_val(cfg)
+    chosen = load_train_val(cfg)
+    train_index, val_index = chosen.train, chosen.val
+    for line in chosen.summary() + chosen.notes:
+        log.print(line)
     task = make_task(cfg, train_index.classes)
     for what, index in (("training", train_index), ("validation", val_index)):
         if index is not None:
@@ -133,6 +137,7 @@ def _fit(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)
+        (run_dir / "splits.json").write_text(json.dumps(chosen.to_json()) + "\n", encoding="utf-8")
     sampler = ResumableSampler(len(train_index), batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
                                rank=info.rank, world_size=info.world_size)
     dataset = SeededDataset(task.train_dataset(train_index, int(model.img_size)))
@@ -276,6 +281,8 @@ class _Loop:
                     self._validate()
             if self.val_index is not None and self.validated_at != state.global_step:
                 self._validate()
+            if self.val_index is None:
+                self._save("best.pt")  # nothing to choose by: the last weights, as the start-up warning said
         except KeyboardInterrupt:
             self.log.print("interrupted: saving last.pt before exiting")
             self._save("last.pt")

@@ -17,9 +17,8 @@ import torch
 from torch import nn
 
 from boxforge.config import TrainConfig
-from boxforge.data.formats import common
-from boxforge.data.formats.detect import load_dataset
-from boxforge.data.index import DatasetIndex
+from boxforge.data import splits
+from boxforge.data.splits import TrainVal
 from boxforge.engine.distributed import DistInfo
 from boxforge.engine.logging import MetricsLog
 from boxforge.engine.tasks import Task
@@ -70,44 +69,11 @@ def kernel_choice(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
 
 
-def _split_names(root: Path) -> set[str]:
-    return set(common.available_splits(root)) | {d.name for d in root.iterdir() if d.is_dir()} if root.is_dir() else set()
-
-
-def train_split(cfg: TrainConfig) -> str | None:
-    """--split, else `trainval` if the (single) root offers it, else `train`, else the whole set."""
-    if cfg.split:
-        return cfg.split
-    if len(cfg.data) == 1:
-        names = _split_names(Path(cfg.data[0]))
-        for name in ("trainval", "train"):
-            if name in names or (Path(cfg.data[0]) / f"{name}.txt").is_file():
-                return name
-    elif all((Path(d) / "ImageSets" / "Main" / "trainval.txt").is_file() for d in cfg.data):
-        return "trainval"
-    return None
-
-
-def load_train_val(cfg: TrainConfig) -> tuple[DatasetIndex, DatasetIndex | None]:
-    """The training index and the validation index (--val: a dataset path or a split of the same root)."""
+def load_train_val(cfg: TrainConfig) -> TrainVal:
+    """The training and validation sets by the one split policy (data/splits.py), checked for shared images."""
     data = cfg.data if len(cfg.data) > 1 else cfg.data[0]
-    train = load_dataset(data, split=train_split(cfg), format=cfg.format)
-    if len(train) == 0:
-        raise BoxforgeError(f"{cfg.data}: the training split has no images")
-    val = None
-    if cfg.val and Path(cfg.val).exists() and not Path(cfg.val).suffix == ".txt":
-        val = load_dataset(cfg.val, format=cfg.format)
-    elif cfg.val:
-        val = load_dataset(data, split=cfg.val, format=cfg.format)
-    elif len(cfg.data) == 1:
-        names = _split_names(Path(cfg.data[0]))
-        for name in ("val", "test"):
-            if name in names and name != train.split:
-                val = load_dataset(data, split=name, format=cfg.format)
-                break
-    if val is not None and val.classes != train.classes:
-        raise BoxforgeError(f"validation classes {val.classes} differ from training classes {train.classes}")
-    return train, val
+    return splits.load_train_val(data, split=cfg.split, val=cfg.val, format=cfg.format,
+                                 allow_overlap=cfg.allow_overlap)
 
 
 def default_lr(cfg: TrainConfig, world_size: int) -> float:

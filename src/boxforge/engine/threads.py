@@ -1,15 +1,17 @@
-"""How many intra-op threads a training process takes: its share of the cores, less those busy elsewhere.
+"""How many intra-op threads a training process takes: its share of the cores, whatever the load.
 
-Why (bench/thread_split.py, 2 cores, batch 8, medians of 2 runs): on idle cores the training
-process trains fastest with every core, even beside 2 data workers, which mostly sleep on a full
-prefetch queue (ssdlite320 17.2 img/s at 2 threads vs 12.4 at 1; yolo_csp 24.1 vs 18.7). When
-another process keeps a core busy, the thread that shares that core is the slowest of every
-parallel region and the others wait for it: 2 threads then trained at about half the 1-thread
-speed (ssdlite320 6.1 vs 11.7, yolo_csp 9.0 vs 17.7). So the default counts the cores other
-processes keep busy when the run starts, over a short window, and leaves them out.
+Thread counts change float summation order, and so the weights: measured, a seeded 12-step ssd_tiny
+run ended 0.063 apart (largest weight difference) at 1 and 2 threads. A count chosen from the load
+at start would make the same command with the same seed give different models on a busy machine,
+so by default the count depends only on the machine (its cores, less none) and the local ranks.
+A resumed run keeps the count its checkpoint was trained with (engine/fit.py).
 
-Thread counts change float summation order, so a resumed run keeps the count its checkpoint
-was trained with (engine/fit.py), whatever the load at resume time.
+Why adapting to load is still offered (bench/thread_split.py, 2 cores, batch 8): on idle cores every
+core trains fastest, even beside 2 data workers, which mostly sleep on a full prefetch queue; when
+another process keeps a core busy, the thread that shares that core holds up every parallel region,
+and 2 threads trained at about half the 1-thread speed. `--threads auto` leaves out the cores other
+processes keep busy as the run starts (a 0.3 s look at /proc/stat), and gives up bit-identity for it.
+By default that look still runs, only to say in the log that the load is there and which flag adapts.
 """
 
 from __future__ import annotations
@@ -66,31 +68,34 @@ def busy_cores(cpus: Iterable[int], seconds: float = PROBE_SECONDS, stat: Path =
 
 def set_threads(cfg: TrainConfig, info: DistInfo, device: torch.device,
                 probe: Callable[[Iterable[int]], float | None] = busy_cores) -> str | None:
-    """Sets torch's intra-op threads for this run; returns a line saying why when the load lowered them.
+    """Sets torch's intra-op threads for this run; returns a line for the log when load was seen.
 
-    --threads N wins. Otherwise the cores split between local ranks; on CPU a single process
-    leaves out the cores other processes keep busy (rounded; a light background load does not
-    count). Under torchrun the other ranks, busy starting up, would read as load, so ranks take
-    their share. On CUDA the training process only feeds the GPU and the data workers get the
-    cores first.
+    --threads N wins. Otherwise the cores split between local ranks (on CUDA the data workers get them
+    first, since the training process only feeds the GPU). --threads auto, on CPU and a single process,
+    also leaves out the cores other processes keep busy (rounded: a light load does not count); by
+    default that load is only reported, so the seeded run stays bit-identical. Under torchrun the other
+    ranks, busy starting up, would read as load, so no probe is made there.
     """
     note = None
-    if cfg.threads:
+    if isinstance(cfg.threads, int) and not isinstance(cfg.threads, bool):
         threads = cfg.threads
     else:
         cpus = usable_cpus()
         local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size if info.enabled else 1))
         share = max(1, len(cpus) // max(local, 1))
-        if device.type != "cpu":
-            threads = max(1, share - cfg.workers)
-        elif local > 1:
-            threads = share
-        else:
+        threads = max(1, share - cfg.workers) if device.type != "cpu" else share
+        if device.type == "cpu" and local <= 1:
             busy = probe(cpus) or 0.0
-            threads = max(1, share - round(busy))
-            if threads < share:
-                note = (f"threads {threads} of {share}: other processes kept {busy:.1f} of the {len(cpus)} cores "
-                        f"busy as the run started (--threads {share} to use them all anyway)")
+            adapted = max(1, share - round(busy))
+            seen = f"other processes kept {busy:.1f} of the {len(cpus)} cores busy as the run started"
+            if cfg.threads == "auto":
+                threads = adapted
+                if adapted < share:
+                    note = (f"threads {adapted} of {share} (--threads auto): {seen}; not bit-identical to a run "
+                            f"started on idle cores (--threads {share} for that)")
+            elif adapted < share:
+                note = (f"threads {share}: {seen}; keeping {share} so that this seeded run repeats exactly "
+                        f"(--threads auto would take {adapted}: faster under this load, not bit-identical)")
     torch.set_num_threads(threads)
     return note
 
@@ -101,7 +106,7 @@ def keep_checkpoint_threads(cfg: TrainConfig, trained_with: object) -> str | Non
     Returns a line to log when that changed the count; a count above this machine's cores is
     not kept (the run continues, no longer bit-identical, and the line says so).
     """
-    if cfg.threads or not isinstance(trained_with, int) or trained_with < 1 or trained_with == torch.get_num_threads():
+    if cfg.threads is not None or not isinstance(trained_with, int) or trained_with < 1 or trained_with == torch.get_num_threads():
         return None
     if trained_with > len(usable_cpus()):
         return (f"threads {torch.get_num_threads()}: the checkpoint was trained with {trained_with}, more than "

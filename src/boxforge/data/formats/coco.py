@@ -51,6 +51,15 @@ def find_coco_json(root: Path, split: str | None) -> Path:
     raise DatasetError(f"{root}: no COCO instances file for split {split!r}; found: {', '.join(offered) or 'none'}")
 
 
+def split_names(root: Path) -> list[str]:
+    """The splits of a COCO folder, as `find_coco_json` finds them: `annotations/instances_NAME.json` (COCO's
+    own: train2017, val2017) or Roboflow's `NAME/_annotations.coco.json` (train, valid, test); sorted."""
+    ann = root / "annotations"
+    names = {f.stem.removeprefix("instances_") for f in ann.glob("instances_*.json")} if ann.is_dir() else set()
+    names |= {f.parent.name for f in root.glob("*/_annotations.coco.json")}
+    return sorted(names)
+
+
 def _image_dir(json_path: Path, root: Path, split: str | None, file_names: list[str]) -> Path:
     """Where the images of a COCO file live: the first candidate folder holding the first image."""
     stem = json_path.stem

@@ -8,12 +8,13 @@ text list, or a boxforge dataset YAML (`format`, `root`, `train`, `val`,
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from boxforge.data.formats import coco, common, imagefolder, txtlist, voc, yolo
 from boxforge.data.images import ImageReadError, read_header
-from boxforge.data.index import DatasetIndex, merge_indexes
+from boxforge.data.index import DatasetIndex, merge_indexes, union_indexes
 from boxforge.data.problems import Problem
 from boxforge.data.safety import is_inside
 from boxforge.errors import DatasetError, UnsafeInputError
@@ -64,7 +65,7 @@ def confine_to_root(index: DatasetIndex) -> None:
 
 def _load_many(paths: list[Path], split: str | None, fmt: str | None, classes: list[str] | None) -> DatasetIndex:
     if all(voc.is_devkit_root(p) for p in paths) and fmt in (None, "voc"):
-        merged = voc.read_voc_roots(paths, split, classes)
+        merged = voc.read_voc_roots(paths, split, classes, parent=Path(os.path.commonpath([str(p.resolve()) for p in paths])))
         confine_to_root(merged)
         return merged
     parts = [_load_one(p, split, fmt, classes) for p in paths]
@@ -84,6 +85,9 @@ def _load_one(path: Path, split: str | None, fmt: str | None, classes: list[str]
         raise DatasetError(f"{path}: no such file or folder")
     if fmt is not None and fmt not in FORMATS:
         raise DatasetError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if split is not None and JOIN in split and not Path(split).is_file() and not _is_devkit_parent(path, fmt):
+        parts = [part for part in split.split(JOIN) if part]
+        return union_indexes([_load_one(path, part, fmt, classes) for part in parts], parts, split)
     if path.is_file():
         return _load_file(path, split, fmt, classes)
     if fmt is None and (path / "pack.json").is_file():  # a `boxforge pack` folder
@@ -116,9 +120,8 @@ def _load_file(path: Path, split: str | None, fmt: str | None, classes: list[str
 def _load_dir(path: Path, split: str | None, fmt: str | None, classes: list[str] | None) -> DatasetIndex:
     guess = fmt or guess_format(path)
     if guess == "voc":
-        children = voc.devkit_children(path)
-        if children and not voc.is_devkit_root(path):
-            return voc.read_voc_roots(children, split, classes)
+        if _is_devkit_parent(path, fmt):
+            return voc.read_voc_roots(voc.devkit_children(path), split, classes, parent=path)
         return voc.read_voc(path, split, classes)
     if guess == "coco":
         return _load_coco_dir(path, split)
@@ -135,6 +138,85 @@ def _load_dir(path: Path, split: str | None, fmt: str | None, classes: list[str]
         name = split or ("all" if (path / "all.txt").is_file() else "train")
         return txtlist.read_txtlist(path / f"{name}.txt", classes, root=path)
     return imagefolder.read_imagefolder(path, split)
+
+
+JOIN = "+"  # `--split train+val`: the union of several splits (`VOC2007/trainval+VOC2012/trainval`)
+
+
+def _is_devkit_parent(path: Path, fmt: str | None) -> bool:
+    """A VOCdevkit folder holding several years (VOC2007/, VOC2012/), not itself a devkit root."""
+    return fmt in (None, "voc") and path.is_dir() and not voc.is_devkit_root(path) and bool(voc.devkit_children(path))
+
+
+@dataclass(frozen=True)
+class SplitOffer:
+    """The splits DATA offers, named as `load_dataset(split=...)` takes them.
+
+    names: the splits of one dataset (`train`, `val2017`, a Roboflow export's `valid`), as its layout
+        defines them; empty for a single annotation file or a folder without splits.
+    parts: for a VOCdevkit of several years (or several VOC roots given together), each year's own
+        splits (`{"VOC2007": ("test", "train", "trainval", "val"), ...}`); a split is then named
+        `VOC2007/test`, and `+` joins several.
+    """
+
+    layout: str
+    names: tuple[str, ...] = ()
+    parts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def all_names(self) -> list[str]:
+        return list(self.names) + [f"{part}/{name}" for part, names in self.parts.items() for name in names]
+
+
+def offered_splits(data: str | Path | list[str | Path], *, format: str | None = None) -> SplitOffer:
+    """What splits DATA has, from its layout alone (lists, folders, YAML keys; no annotation is parsed).
+
+    The one place that knows, per layout, where split names come from; `data/splits.py` decides which
+    to train and validate on.
+    """
+    paths = [Path(p) for p in data] if isinstance(data, (list, tuple)) else [Path(data)]
+    for path in paths:
+        if not path.exists():
+            raise DatasetError(f"{path}: no such file or folder")
+    if len(paths) > 1:
+        if all(voc.is_devkit_root(p) for p in paths) and format in (None, "voc"):
+            return SplitOffer("VOC roots", parts={p.name: tuple(voc.split_names(p)) for p in paths})
+        shared = set.intersection(*(set(offered_splits(p, format=format).names) for p in paths))
+        return SplitOffer("several datasets", tuple(sorted(shared)))
+    return _offer_one(paths[0], format)
+
+
+def _offer_one(path: Path, fmt: str | None) -> SplitOffer:
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in (".yaml", ".yml"):
+            doc = yolo.read_yaml(path)
+            if "format" in doc:
+                return SplitOffer("dataset YAML", tuple(k for k in ("train", "val", "test") if doc.get(k)))
+            return SplitOffer("YOLO data.yaml", tuple(yolo.yaml_split_names(path)))
+        if suffix == ".data":
+            return SplitOffer("darknet obj.data", tuple(yolo.darknet_split_names(path)))
+        return SplitOffer("annotation file")  # a COCO JSON or a text list is one split
+    if fmt is None and (path / "pack.json").is_file():
+        from boxforge.data.pack import split_names
+
+        return SplitOffer("boxforge pack", tuple(split_names(path)))
+    guess = fmt or guess_format(path)
+    if guess == "voc":
+        if _is_devkit_parent(path, fmt):
+            return SplitOffer("VOCdevkit", parts={c.name: tuple(voc.split_names(c)) for c in voc.devkit_children(path)})
+        return SplitOffer("VOC", tuple(voc.split_names(path)))
+    if guess == "coco":
+        return SplitOffer("COCO", tuple(coco.split_names(path)))
+    if guess == "yolo":
+        for name in ("data.yaml", "dataset.yaml"):
+            if (path / name).is_file():
+                return SplitOffer("YOLO data.yaml", tuple(yolo.yaml_split_names(path / name)))
+        if (path / "obj.data").is_file():
+            return SplitOffer("darknet obj.data", tuple(yolo.darknet_split_names(path / "obj.data")))
+        return SplitOffer("YOLO", tuple(yolo.folder_split_names(path)))
+    if guess in ("txt", "imagenet_txt"):
+        return SplitOffer(guess, tuple(n for n in ("train", "val", "test") if (path / f"{n}.txt").is_file()))
+    return SplitOffer("ImageFolder", tuple(imagefolder.split_names(path)))
 
 
 def guess_format(path: Path) -> str:

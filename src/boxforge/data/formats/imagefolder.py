@@ -19,6 +19,13 @@ def class_folders(root: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and common.list_images(d))
 
 
+def split_names(root: Path) -> list[str]:
+    """Split folders of an ImageFolder tree (`train/`, `val/`): sub-folders that hold class folders, sorted."""
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and class_folders(d))
+
+
 def read_imagefolder(root: Path, split: str | None = None) -> DatasetIndex:
     """`root/[split/]<class>/**/<image>`; classes are the sorted folder names, as torchvision's ImageFolder."""
     base = root / split if split else root

@@ -15,7 +15,7 @@ from xml.etree.ElementTree import Element
 import numpy as np
 
 from boxforge.data.formats import common
-from boxforge.data.index import DatasetIndex, Sample, merge_indexes
+from boxforge.data.index import DatasetIndex, Sample, merge_indexes, union_indexes
 from boxforge.data.problems import Problem
 from boxforge.data.safety import is_inside, parse_xml, regular_file_problem, resolve_inside
 from boxforge.errors import DatasetError, UnsafeInputError
@@ -37,6 +37,14 @@ def devkit_children(path: Path) -> list[Path]:
     if not path.is_dir():
         return []
     return sorted(p for p in path.iterdir() if p.is_dir() and is_devkit_root(p))
+
+
+def split_names(root: Path) -> list[str]:
+    """The splits `read_voc(root, split)` accepts: id lists (`ImageSets/Main/NAME.txt`, `NAME.txt`) and split
+    folders holding XML (a Roboflow export's `train/`, `valid/`, `test/`), sorted."""
+    folders = {d.name for d in root.iterdir() if d.is_dir() and d.name not in (*ANNOTATION_DIRS, *IMAGE_DIRS)
+               and any(d.glob("*.xml"))} if root.is_dir() else set()
+    return sorted(set(common.available_splits(root)) | folders)
 
 
 def _first_dir(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -224,13 +232,17 @@ def _attach_objects(root: Path, sample: Sample, objects: list[tuple[str, np.ndar
     return sample
 
 
-def read_voc_roots(roots: list[Path], split: str | None = None, classes: list[str] | None = None) -> DatasetIndex:
+def read_voc_roots(roots: list[Path], split: str | None = None, classes: list[str] | None = None,
+                   parent: Path | None = None) -> DatasetIndex:
     """Merge several VOC roots (VOC2007 + VOC2012 trainval) into one index.
 
     Image ids get the root's folder name as prefix (`VOC2007/000005`) so ids from
-    different years can never collide. Class lists must agree.
+    different years can never collide, and one year read alone (`VOC2007/test`) gets the
+    same ids. Class lists must agree. parent: the index root (default: the roots' common folder).
     """
-    indexes = [read_voc(r, split, classes) for r in roots]
+    chosen = _year_splits(roots, split)
+    indexes = [_read_year(root, names, classes) for root, names in chosen]
+    roots = [root for root, _ in chosen]
     if classes is None:  # each root inferred its own list: put all on the union
         union = infer_classes({c for idx in indexes for c in idx.classes})
         for idx in indexes:
@@ -238,11 +250,37 @@ def read_voc_roots(roots: list[Path], split: str | None = None, classes: list[st
             for s in idx.samples:
                 s.labels = remap[s.labels]
             idx.classes = union
-    parent = Path(os.path.commonpath([str(Path(r).resolve()) for r in roots]))
+    parent = parent or Path(os.path.commonpath([str(Path(r).resolve()) for r in roots]))
     try:
         return merge_indexes(indexes, [Path(r).name for r in roots], parent, split)
     except ValueError as exc:
         raise DatasetError(str(exc)) from exc
+
+
+def _year_splits(roots: list[Path], split: str | None) -> list[tuple[Path, list[str | None]]]:
+    """(root, its splits) for a devkit split name: `test` (every year's), `VOC2007/test` (one year's), or
+    several joined by `+` (`VOC2007/trainval+VOC2012/trainval`). A path to a txt file applies to every year."""
+    if split is None:
+        return [(r, [None]) for r in roots]
+    by_name = {Path(r).name: Path(r) for r in roots}
+    chosen: dict[Path, list[str | None]] = {}
+    for part in (p for p in split.split("+") if p):
+        year, sep, name = part.partition("/")
+        if sep and not Path(part).is_file():
+            if year not in by_name:
+                raise DatasetError(f"split {part!r}: no {year!r} here; the years are: {', '.join(by_name)}")
+            chosen.setdefault(by_name[year], []).append(name)
+        else:
+            for root in by_name.values():
+                chosen.setdefault(root, []).append(part)
+    return [(r, chosen[r]) for r in by_name.values() if r in chosen]
+
+
+def _read_year(root: Path, splits: list[str | None], classes: list[str] | None) -> DatasetIndex:
+    """One devkit year, the union of its `splits` when several are asked for."""
+    if len(splits) == 1:
+        return read_voc(root, splits[0], classes)
+    return union_indexes([read_voc(root, s, classes) for s in splits], [str(s) for s in splits], "+".join(map(str, splits)))
 
 
 def _fmt(value: float) -> str:

@@ -63,6 +63,29 @@ def _locate(base: Path, entry: str, root: Path) -> Path | None:
     return None
 
 
+YAML_SPLITS = ("train", "val", "test")
+DARKNET_SPLITS = ("train", "valid", "test")  # obj.data's keys; `val` is accepted for `valid`
+
+
+def yaml_split_names(path: Path) -> list[str]:
+    """The splits a `data.yaml` names (non-empty `train`, `val`, `test` keys), in that order."""
+    doc = read_yaml(path)
+    return [k for k in YAML_SPLITS if doc.get(k)]
+
+
+def darknet_split_names(obj_data: Path) -> list[str]:
+    """The lists an `obj.data` names (`train`, `valid`, `test`), in that order."""
+    keys = {line.split("=", 1)[0].strip() for line in common.read_lines(obj_data) if "=" in line}
+    return [k for k in DARKNET_SPLITS if k in keys]
+
+
+def folder_split_names(root: Path) -> list[str]:
+    """Splits of a loose YOLO folder: `images/NAME/` folders, else `NAME.txt` lists at the root; sorted."""
+    img_dir = next((root / n for n in IMAGE_DIR_NAMES if (root / n).is_dir()), root)
+    folders = sorted(d.name for d in img_dir.iterdir() if d.is_dir() and common.list_images(d)) if img_dir != root else []
+    return folders or common.available_splits(root)
+
+
 def read_data_yaml(path: Path, split: str | None = None) -> DatasetIndex:
     """Ultralytics/Roboflow `data.yaml`: `path`, `train`/`val`/`test` (folders, list files, or lists), `names`."""
     doc = read_yaml(path)
@@ -70,7 +93,7 @@ def read_data_yaml(path: Path, split: str | None = None) -> DatasetIndex:
     if isinstance(doc.get("path"), str) and (path.parent / doc["path"]).is_dir():
         root = path.parent / doc["path"]
     classes = _names(doc, path)
-    split_keys = [k for k in ("train", "val", "test") if doc.get(k)]
+    split_keys = [k for k in YAML_SPLITS if doc.get(k)]
     if split is not None and split not in split_keys:
         if split == "valid" and "val" in split_keys:
             split = "val"
@@ -112,7 +135,7 @@ def read_darknet(obj_data: Path, split: str | None = None) -> DatasetIndex:
         raise DatasetError(f"{obj_data}: names file {entries.get('names')!r} not found")
     classes = common.read_class_file(names_path)
     keys = {"train": "train", "val": "valid", "valid": "valid", "test": "test"}
-    chosen = [split] if split else [k for k in ("train", "valid", "test") if k in entries]
+    chosen = [split] if split else [k for k in DARKNET_SPLITS if k in entries]
     sources = []
     for name in chosen:
         key = keys.get(name, name)
