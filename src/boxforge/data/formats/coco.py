@@ -183,8 +183,16 @@ def _annotation(ann: Any, number: int, samples: dict[Any, Sample], cat_to_label:
     per_image[ann["image_id"]].append((xyxy(bbox), cat_to_label[ann["category_id"]], crowd, number))
 
 
-def xyxy(bbox: list[float]) -> np.ndarray:
-    """(4,) float64 [x, y, x + w, y + h] of a COCO bbox [x, y, w, h]: the conversion the reader and the COCO
-    evaluator's check of the file against the index share (float64, as pycocotools computes)."""
-    x, y, w, h = (float(v) for v in bbox)
-    return np.array([x, y, x + w, y + h], dtype=np.float64)
+def xyxy(bbox: list[float]) -> list[float]:
+    """[x, y, x + w, y + h] (Python floats, i.e. float64, as pycocotools computes) of a COCO bbox [x, y, w, h]:
+    the conversion the reader and the COCO evaluator's check of the file against the index share.
+    An integer beyond float range becomes +-inf (`check` reports the box as non-finite)."""
+    x, y, w, h = (_float(v) for v in bbox)
+    return [x, y, x + w, y + h]
+
+
+def _float(value: float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer with 400 digits
+        return math.inf if value > 0 else -math.inf
