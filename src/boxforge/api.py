@@ -87,7 +87,8 @@ def evaluate(data, *, weights: str | Path | None = None, predictions: str | Path
     """mAP (VOC07, VOC12, COCO) of `weights` (checkpoint or .onnx, run on the images) or of a `predictions` file.
 
     options: split, format, metrics ("all" or voc07/voc12/coco), iou_thresh, batch_size, device, workers,
-    save_predictions_to, prefer_ema, progress, plots (a folder for PR curves and the table as PNG).
+    save_predictions_to, prefer_ema, progress, plots (a folder for PR curves and the table as PNG),
+    strict_classes (detections of classes the dataset lacks are an error, not ignored with a note).
     Returns an EvalReport (`.results`, `.to_json()`, `.plots`).
     """
     from boxforge.evaluating import evaluate as _evaluate

@@ -238,8 +238,9 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Evaluate --weights (a boxforge checkpoint or exported .onnx, run on the images "
                                    "with score threshold 0.001 and 100 detections per image) or --predictions (a "
                                    "boxforge predictions file, or a COCO results list for COCO data; no image files "
-                                   "needed). Default split: test, else val (VOC2007/test for a VOCdevkit), else "
-                                   "every image.")
+                                   "needed). On COCO data the ground truth is the annotation file itself, so the COCO "
+                                   "numbers (and the 12-line block printed after the table) are pycocotools' own. "
+                                   "Default split: test, else val (VOC2007/test for a VOCdevkit), else every image.")
     p.add_argument("--data", nargs="+", required=True, metavar="DATA", help="dataset folder or file")
     p.add_argument("--split", help="split name (`VOC2007/test`, `val2017`, `a+b` for several) or a txt file of "
                    "image ids (default: the split policy's: test, else val; VOC2007/test for a VOCdevkit)")
@@ -251,6 +252,9 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=("detect", "classify"), help="default: what --weights holds; classify "
                    "reports loss, Acc@1, Acc@5 (per-class accuracy and the confusion matrix in --json)")
     p.add_argument("--iou-thresh", type=float, default=0.5, help="VOC match IoU (default 0.5; COCO uses .50:.95)")
+    p.add_argument("--strict-classes", action="store_true", help="stop with an error when the predictions file "
+                   "or the model has classes the dataset does not have (default: ignore their detections, as "
+                   "pycocotools and the VOC devkit do, with a note naming them and counting the detections)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
     p.add_argument("--save-predictions", type=Path, metavar="FILE", help="with --weights: keep the predictions")
     p.add_argument("--plots", type=Path, metavar="DIR", help="also draw per-class precision/recall curves "
@@ -313,12 +317,19 @@ def _run_eval(args: argparse.Namespace) -> int:
                           format=args.format, metrics=args.metric, iou_thresh=args.iou_thresh,
                           batch_size=args.batch_size, device=args.device, workers=args.workers,
                           save_predictions_to=args.save_predictions, prefer_ema=not args.no_ema,
-                          plots=args.plots, task=args.task)
+                          plots=args.plots, task=args.task, strict_classes=args.strict_classes)
     _print_notes(report.notes)
     for reason in report.skipped[:10]:
         print(f"skipped: {reason}", file=sys.stderr)
     print(report.header())
-    print(report.table() if getattr(report, "task", "detect") == "classify" else format_table(report.results))
+    if getattr(report, "task", "detect") == "classify":
+        print(report.table())
+    else:
+        print(format_table(report.results))
+        if "coco" in report.results:
+            from boxforge.evaluation.coco import summary_lines
+
+            print("\n" + "\n".join(summary_lines(report.results["coco"]["stats"])))  # pycocotools' own text
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")

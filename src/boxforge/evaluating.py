@@ -86,8 +86,11 @@ def resolve_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
 
 def predictions_from_model(index: DatasetIndex, weights: str | Path, *, batch_size: int, device: str, workers: int,
                            prefer_ema: bool, progress: bool, notes: list[str],
-                           skipped: list[str]) -> tuple[Predictions, str]:
-    """Run the model on every image of `index`; labels mapped by class name onto the index's classes."""
+                           skipped: list[str], strict_classes: bool = False) -> tuple[Predictions, str]:
+    """Run the model on every image of `index`; labels mapped by class name onto the index's classes.
+
+    The model's classes the dataset lacks are ignored with a note, or with `strict_classes` an error.
+    """
     from boxforge.predictor import load_backend
     from boxforge.runner import Progress, iter_detections
 
@@ -100,6 +103,9 @@ def predictions_from_model(index: DatasetIndex, weights: str | Path, *, batch_si
         raise BoxforgeError(f"{weights}: the model's classes ({', '.join(model_classes)}) share no name with the "
                             f"dataset's ({', '.join(index.classes)})")
     extra = [c for c, m in zip(model_classes, mapping) if m < 0]
+    if extra and strict_classes:
+        raise BoxforgeError(f"{weights}: the model's classes {', '.join(extra)} are not in the dataset "
+                            f"({', '.join(index.classes)}); without --strict-classes their detections are ignored")
     if extra:
         notes.append(f"the model's classes {', '.join(extra)} are not in the dataset; their detections are ignored")
     missing = [c for c in index.classes if c not in model_classes]
@@ -121,14 +127,24 @@ def predictions_from_model(index: DatasetIndex, weights: str | Path, *, batch_si
     return preds, f"{Path(weights).name} ({meta.model_name}, {where})"
 
 
+def ignored_note(preds: Predictions) -> str:
+    """One line naming the classes whose detections were left out, most detections first."""
+    counts = sorted(preds.ignored.items(), key=lambda kv: -kv[1])
+    named = ", ".join(f"{name} ({n})" for name, n in counts)
+    return (f"{sum(preds.ignored.values())} detections of classes the dataset does not have are ignored "
+            f"(as pycocotools and the VOC devkit ignore them): {named}; --strict-classes makes this an error")
+
+
 def evaluate(data: str | Path | Sequence[str | Path] | DatasetIndex, *, weights: str | Path | None = None,
              predictions: str | Path | None = None, split: str | None = None, format: str | None = None,
              metrics: str | Sequence[str] = "all", iou_thresh: float = 0.5, batch_size: int = 8, device: str = "auto",
              workers: int = 0, save_predictions_to: str | Path | None = None, prefer_ema: bool = True,
-             progress: bool = True, plots: str | Path | None = None) -> EvalReport:
+             progress: bool = True, plots: str | Path | None = None, strict_classes: bool = False) -> EvalReport:
     """Evaluate `weights` (run on the images) or a `predictions` file on DATA; see EvalReport.
 
     split: default `default_split(data)`: the split policy's evaluation split (data/splits.py).
+    strict_classes: detections of classes the dataset lacks are an error; by default they are ignored
+        (as pycocotools and the VOC devkit do) with a note naming the classes and counting them.
     plots: a folder for per-class precision/recall curves and the table as PNG (see plots/evaluation.py).
     """
     if (weights is None) == (predictions is None):
@@ -146,14 +162,18 @@ def evaluate(data: str | Path | Sequence[str | Path] | DatasetIndex, *, weights:
     notes: list[str] = []
     skipped: list[str] = []
     if predictions is not None:
-        preds, source = load_predictions(predictions, index), str(predictions)
+        preds, source = load_predictions(predictions, index, strict_classes=strict_classes), str(predictions)
+        if preds.ignored:
+            notes.append(ignored_note(preds))
     else:
         preds, source = predictions_from_model(index, weights, batch_size=batch_size, device=device, workers=workers,
-                                               prefer_ema=prefer_ema, progress=progress, notes=notes, skipped=skipped)
+                                               prefer_ema=prefer_ema, progress=progress, notes=notes, skipped=skipped,
+                                               strict_classes=strict_classes)
         if save_predictions_to:
             save_predictions(preds, index.classes, save_predictions_to)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         results = evaluate_detections(index, preds, chosen, iou_thresh=iou_thresh)
+    notes.extend(results.get("coco", {}).get("notes", []))
     if skipped:
         notes.append(f"{len(skipped)} images could not be read; their objects count as missed")
     drawn: list[Path] = []

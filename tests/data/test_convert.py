@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -122,3 +123,34 @@ def test_refuses_non_empty_output_and_unknown_target(tmp_path, source):
 def test_cli_convert_prints_the_report(tmp_path, source, capsys):
     assert main(["convert", str(source), str(tmp_path / "o"), "--to", "txt"]) == 0
     assert "wrote 4 images and 4 objects as txt" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("via", ["voc", "coco", "txt"])
+def test_real_valued_coco_coordinates_survive_a_round_trip_exactly(tmp_path, via):
+    # float64 end to end: COCO's two-decimal numbers come back as the same numbers, not float32's 48.2700004
+    from tests.conftest import write_image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "coco"
+    images, annotations = [], []
+    for i in range(6):
+        write_image(root / "images" / "val" / f"{i}.jpg", 640, 480, seed=i)
+        images.append({"id": 100 + 7 * i, "file_name": f"{i}.jpg", "width": 640, "height": 480})
+        for _ in range(5):
+            x, y = np.round(rng.uniform(0, 400, 2), 2).tolist()
+            w, h = np.round(rng.uniform(1, 200, 2), 2).tolist()
+            annotations.append({"id": len(annotations) + 1, "image_id": 100 + 7 * i, "category_id": 3,
+                                "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0, "segmentation": []})
+    (root / "annotations").mkdir(parents=True)
+    doc = {"images": images, "annotations": annotations, "categories": [{"id": 3, "name": "car"}]}
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(doc))
+    original = load_dataset(root, split="val")
+    assert original.samples[0].boxes.dtype == np.float64
+    convert(original, tmp_path / "out", to=via)
+    back = load_dataset(tmp_path / "out")
+    convert(back, tmp_path / "again", to="coco")
+    again = json.loads(next((tmp_path / "again" / "annotations").glob("*.json")).read_text())
+    for a, b in ((original, back), (original, load_dataset(tmp_path / "again"))):
+        assert {s.image_id.rsplit("/", 1)[-1]: s.boxes.tolist() for s in a.samples} == \
+               {s.image_id.rsplit("/", 1)[-1]: s.boxes.tolist() for s in b.samples}
+    assert [a["bbox"] for a in again["annotations"]] == [a["bbox"] for a in annotations]

@@ -26,7 +26,7 @@ def test_raccoon_split_files_at_root():
     assert not {s.image_id for s in train.samples} & {s.image_id for s in test.samples}
     first = train.by_id()["raccoon-1"]
     assert first.boxes.tolist() == [[81, 88, 522, 408]] and (first.width, first.height) == (650, 417)
-    assert first.boxes.dtype == np.float32 and first.labels.dtype == np.int64
+    assert first.boxes.dtype == np.float64 and first.labels.dtype == np.int64
 
 
 def test_split_as_txt_path(tmp_path):

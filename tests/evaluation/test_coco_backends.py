@@ -36,3 +36,19 @@ def test_no_detections_and_unknown_backend(tmp_path):
     assert a["stats"] == pytest.approx(b["stats"], abs=1e-6)
     with pytest.raises(ValueError, match="choose one of"):
         evaluate_coco(index, empty, backend="fast")
+
+
+@pytest.mark.parametrize("seed, roboflow", [(0, False), (2, True)])
+def test_faster_coco_eval_on_the_users_files_equals_pycocotools_on_them(tmp_path, seed, roboflow):
+    # the ground truth is the file itself and the results list is passed as it is (Roboflow: ids from 0)
+    from tests.evaluation._coco_files import pycocotools_on_files, write_coco_files
+
+    gt_path, res_path = write_coco_files(tmp_path, seed, roboflow=roboflow, extra_categories=(5,))
+    reference, _ = pycocotools_on_files(gt_path, res_path)
+    index = load_dataset(gt_path)
+    preds = load_predictions(res_path, index)
+    fast = run_cocoeval(index, preds, backend="faster-coco-eval")
+    assert type(fast).__module__.startswith("faster_coco_eval")
+    assert np.allclose(fast.stats[:12], reference.stats, rtol=0, atol=1e-9)
+    assert np.allclose(fast.eval["precision"], reference.eval["precision"], rtol=0, atol=1e-9)
+    assert evaluate_coco(index, preds)["stats"] == pytest.approx(list(reference.stats), abs=1e-9)  # "auto"

@@ -9,7 +9,7 @@ import pytest
 
 from boxforge import load_dataset
 from boxforge.errors import BoxforgeError
-from boxforge.evaluation import Predictions, PredictionsError, load_predictions, save_predictions
+from boxforge.evaluation import Predictions, PredictionsError, evaluate_coco, load_predictions, save_predictions
 from tests.evaluation._synthetic import random_index, random_predictions
 from tests.evaluation.test_coco import write_random_coco
 from tests.evaluation.test_voc import make_index
@@ -71,7 +71,7 @@ def entry(**kw):
     ({"predictions": [entry(score=float("nan"))]}, r"'score'"),
     ({"predictions": [entry(image=7)]}, r"predictions\[0\] has image 7"),
     ({"predictions": ["a"]}, r"predictions\[0\] is not an object"),
-    ({"predictions": [entry(), entry(label="zebra")]}, r"unknown class name\(s\) 'zebra' \(predictions\[1\]\); the dataset's classes are: cat, dog"),
+    ({"predictions": [entry(), entry(label="zebra", image="ghost")]}, r"1 image id\(s\) not in the dataset: 'ghost'"),
 ])
 def test_malformed_files_are_refused_with_file_and_position(tmp_path, doc, message):
     index = make_index(["cat", "dog"], {"a": [], "b": []})
@@ -93,14 +93,35 @@ def test_coco_results_need_a_coco_index(tmp_path):
         load_predictions(path, index)
 
 
+def test_unknown_class_names_are_ignored_and_counted_unless_strict(tmp_path):
+    index = make_index(["cat", "dog"], {"a": [], "b": []})
+    doc = {"predictions": [entry(), entry(label="zebra"), entry(label="car", image="b"), entry(label="zebra")]}
+    preds = load_predictions(write(tmp_path, doc), index)
+    assert len(preds) == 1 and preds.images["a"].labels.tolist() == [0]
+    assert preds.ignored == {"zebra": 2, "car": 1}
+    with pytest.raises(PredictionsError, match=r"predictions\.json: unknown class name\(s\) 'zebra' "
+                                               r"\(predictions\[1\]\), 'car' \(predictions\[2\]\); the dataset's "
+                                               r"classes are: cat, dog \(without --strict-classes"):
+        load_predictions(write(tmp_path, doc), index, strict_classes=True)
+
+
 def test_coco_results_with_unknown_ids(tmp_path):
     gt_path, _ = write_random_coco(tmp_path, 0)
     index = load_dataset(gt_path)
-    bad_cat = [{"image_id": 1000, "category_id": 99, "bbox": [0, 0, 1, 1], "score": 0.5}]
+    bad_cat = [{"image_id": 1000, "category_id": 99, "bbox": [0, 0, 1, 1], "score": 0.5},
+               {"image_id": 1000, "category_id": [3], "bbox": [0, 0, 1, 1], "score": 0.5},
+               {"image_id": 1000, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.5}]
+    preds = load_predictions(write(tmp_path, bad_cat), index)
+    assert len(preds) == 1 and preds.ignored == {"category_id 99": 1, "category_id [3]": 1}
+    assert preds.coco_results == bad_cat  # kept as in the file for pycocotools
+    for backend in ("pycocotools", "auto"):  # auto: faster-coco-eval where installed; neither sees the unknown ones
+        assert evaluate_coco(index, preds, backend=backend)["stats"] == \
+            evaluate_coco(index, load_predictions(write(tmp_path, bad_cat[2:]), index), backend=backend)["stats"]
     with pytest.raises(PredictionsError, match=r"\[0\] has category_id 99; the dataset's ids are: 3, 7, 12"):
-        load_predictions(write(tmp_path, bad_cat), index)
-    bad_image = [{"image_id": 5, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.5}]
-    with pytest.raises(PredictionsError, match=r"COCO image_id\): 1 image id\(s\) not in the dataset: 5"):
+        load_predictions(write(tmp_path, bad_cat), index, strict_classes=True)
+    bad_image = [{"image_id": 5, "category_id": 99, "bbox": [0, 0, 1, 1], "score": 0.5},
+                 {"image_id": [1000], "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.5}]
+    with pytest.raises(PredictionsError, match=r"COCO image_id\): 2 image id\(s\) not in the dataset: 5, '\[1000\]'"):
         load_predictions(write(tmp_path, bad_image), index)
 
 

@@ -271,7 +271,8 @@ def test_malformed_numbers_names_and_empty_files_are_per_file_problems(tmp_path)
     assert "nan_box" in by_file["Annotations/nan.xml"]
     assert {"nan_box", "invalid_annotation"} <= by_file["Annotations/inf.xml"]
     assert {"degenerate_box", "invalid_annotation"} <= by_file["Annotations/negative.xml"]
-    assert {"nan_box", "invalid_annotation"} <= by_file["Annotations/huge.xml"]
+    # -1e30..1e300 is finite in float64 (the index's dtype): a box far outside the image, not a NaN one
+    assert {"box_out_of_bounds", "invalid_annotation"} <= by_file["Annotations/huge.xml"]
     assert "invalid_annotation" in by_file["Annotations/words.xml"]
     assert "invalid_annotation" in by_file["Annotations/empty.xml"]
     assert "unreadable_image" in by_file["JPEGImages/zerobytes.jpg"]
@@ -284,7 +285,7 @@ def test_malformed_numbers_names_and_empty_files_are_per_file_problems(tmp_path)
 def test_coco_and_yolo_numbers_are_per_file_problems(tmp_path):
     root = tmp_path / "coco"
     write_image(root / "images" / "a.jpg")
-    boxes = [[float("nan"), 1, 5, 5], [1e400, 1, 5, 5], [-5, -5, -3, 4], [1, 1, 1e39, 1e39], [1, 2, 3],
+    boxes = [[float("nan"), 1, 5, 5], [1e400, 1, 5, 5], [-5, -5, -3, 4], [1e308, 1, 1e308, 5], [1, 1, 10**400, 5], [1, 2, 3],
              ["1", 2, 3, 4], [True, 1, 2, 3]]
     doc = {"images": [{"id": 1, "file_name": "a.jpg", "width": 1e400, "height": -1},
                       {"id": [2], "file_name": "b.jpg"}],
@@ -296,7 +297,7 @@ def test_coco_and_yolo_numbers_are_per_file_problems(tmp_path):
     (root / "annotations" / "instances_train.json").write_text(json.dumps(doc).replace("Infinity", "1e400"))
     report = check(root)
     kinds = [p.kind for p in report.problems]
-    assert kinds.count("nan_box") == 3  # NaN, 1e400 -> inf, and a box whose far corner overflows float32
+    assert kinds.count("nan_box") == 4  # NaN, 1e400 -> inf, a far corner beyond float64, a 401-digit integer
     assert "degenerate_box" in kinds and kinds.count("invalid_annotation") >= 5 and "unknown_class" in kinds
 
     yolo = tmp_path / "yolo"

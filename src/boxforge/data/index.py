@@ -1,6 +1,7 @@
 """The one in-memory index every reader produces and every writer consumes.
 
-Boxes stay exactly as the annotation wrote them (pixels, xyxy, float32), invalid
+Boxes stay exactly as the annotation wrote them (pixels, xyxy, float64, so a real-valued
+coordinate such as COCO's 48.27 is the file's number, not float32's 48.27000045776367), invalid
 ones included: `check` must be able to see and report them, and `convert` and
 the training loader decide what to drop, saying so.
 """
@@ -20,7 +21,7 @@ TASKS: tuple[str, ...] = ("detect", "classify")
 
 
 def empty_boxes() -> np.ndarray:
-    return np.zeros((0, 4), dtype=np.float32)
+    return np.zeros((0, 4), dtype=np.float64)
 
 
 @dataclass
@@ -32,7 +33,8 @@ class Sample:
     image_path: absolute path of the image (may not exist: evaluation never needs it).
     width, height: image size in pixels as the annotation states it, else as the
         image header states it; 0 when neither is known.
-    boxes: (N, 4) float32 xyxy in the annotation's own pixel coordinates.
+    boxes: (N, 4) float64 xyxy in the annotation's own pixel coordinates (training casts
+            to float32 in `data/loading`, the pack stores float32; evaluation and `convert` keep float64).
     labels: (N,) int64 indexes into `DatasetIndex.classes`.
     difficult: (N,) bool, VOC `difficult` or COCO `iscrowd`.
     truncated: (N,) bool, VOC `truncated` (False where the format has none).
@@ -52,7 +54,7 @@ class Sample:
     annotation_path: Path | None = None
 
     def __post_init__(self) -> None:
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
         n = len(self.boxes)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(n)
         self.difficult = _flags(self.difficult, n)

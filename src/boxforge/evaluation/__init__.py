@@ -10,14 +10,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from boxforge.data.index import DatasetIndex
-from boxforge.evaluation.coco import evaluate_coco
+from boxforge.evaluation.coco import evaluate_coco, summary_lines
 from boxforge.evaluation.predictions import (FlatPredictions, ImagePredictions, Predictions, PredictionsError,
                                              load_predictions, save_predictions)
 from boxforge.evaluation.table import format_table
 from boxforge.evaluation.voc import VOC_METRICS, evaluate_voc
 
 __all__ = ["METRICS", "FlatPredictions", "ImagePredictions", "Predictions", "PredictionsError", "evaluate_coco",
-           "evaluate_detections", "evaluate_voc", "format_table", "load_predictions", "save_predictions"]
+           "evaluate_detections", "evaluate_voc", "format_table", "load_predictions", "save_predictions",
+           "summary_lines"]
 
 METRICS: tuple[str, ...] = ("voc07", "voc12", "coco")
 

@@ -1,25 +1,11 @@
-"""The 12 COCO bbox numbers, computed by pycocotools itself (not a re-implementation), from an index in memory.
+"""The 12 COCO bbox numbers, computed by pycocotools itself (not a re-implementation).
 
-The ground truth is built from the `DatasetIndex`, so no annotation file and no
-image file is needed (width and height come from the index; 0 is fine for boxes).
-
-Ids: a COCO index keeps its original category ids and image ids (from
-`index.meta`), so numbers match those of any other tool run on the same JSON;
-other indexes get category ids 1..K in class order and image ids 1..N in index order.
-
-Areas are the box areas w * h (xywh, no +1), used for the small/medium/large
-ranges. Real COCO files hold the segmentation area instead, so APs/APm/APl of a
-COCO index can differ slightly from an evaluation on the original JSON; AP,
-AP50, AP75 and AR do not depend on areas.
-
-Difficult boxes: a COCO index's `difficult` is COCO's `iscrowd` and is written
-back as such. VOC `difficult` boxes also become `iscrowd=1`, which is the one
-way to make pycocotools ignore a box: its `_prepare` overwrites any `ignore`
-field with `iscrowd`. Consequences, all close to the VOC devkit: a difficult
-box never counts toward recall, detections matched to it are ignored (not
-false positives), and any number of detections may match it. Unlike VOC, crowd
-IoU is intersection over the detection's area, so a small detection inside a
-difficult box is ignored too.
+The ground truth (coco_truth.py) is the index's COCO file as it is when the index was read from
+one, so the numbers equal pycocotools run on the user's files; other indexes get one built from
+their boxes (no annotation file, no image file needed). The detections: a COCO results list read
+by `load_predictions` goes to pycocotools' `loadRes` as it is (entries unchanged, category ids the
+dataset lacks included: pycocotools ignores them, see `to_coco_results`); any other detections
+(a model's, a boxforge predictions file) become a results list with the ground truth's ids.
 """
 
 from __future__ import annotations
@@ -28,63 +14,66 @@ import contextlib
 import functools
 import io
 import math
+import warnings
 from typing import Any
 
 import numpy as np
 
 from boxforge.data.index import DatasetIndex
+from boxforge.evaluation.coco_truth import coco_ids, ground_truth, index_to_coco, xywh
 from boxforge.evaluation.predictions import Predictions
+
+__all__ = ["BACKENDS", "STAT_NAMES", "coco_ids", "evaluate_coco", "index_to_coco", "precision_curves",
+           "run_cocoeval", "summary_lines", "to_coco_results"]
 
 STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                                "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
-
-def coco_ids(index: DatasetIndex) -> tuple[dict[str, Any], list[Any]]:
-    """(image id -> COCO image id, COCO category id per class): the original ids when the index has them all."""
-    meta = index.meta
-    original_images = meta.get("coco_image_ids") or {}
-    if index.format == "coco" and original_images and all(s.image_id in original_images for s in index.samples):
-        images = {s.image_id: original_images[s.image_id] for s in index.samples}
-    else:
-        images = {s.image_id: number for number, s in enumerate(index.samples, start=1)}
-    categories = meta.get("category_ids")
-    if index.format != "coco" or not categories or len(categories) != len(index.classes):
-        categories = list(range(1, len(index.classes) + 1))
-    return images, list(categories)
+# (AP or AR, IoU threshold or None for .50:.95, area range, max detections) of each stat, as summarize() has them
+_SUMMARY_ROWS: tuple[tuple[bool, float | None, str, int], ...] = (
+    (True, None, "all", 100), (True, 0.5, "all", 100), (True, 0.75, "all", 100),
+    (True, None, "small", 100), (True, None, "medium", 100), (True, None, "large", 100),
+    (False, None, "all", 1), (False, None, "all", 10), (False, None, "all", 100),
+    (False, None, "small", 100), (False, None, "medium", 100), (False, None, "large", 100))
 
 
-def _xywh(boxes: np.ndarray) -> list[list[float]]:
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1).tolist()
-
-
-def index_to_coco(index: DatasetIndex) -> dict[str, Any]:
-    """The ground truth as a COCO instances dict (images, categories, annotations with area and iscrowd)."""
-    images, categories = coco_ids(index)
-    doc: dict[str, Any] = {
-        "images": [{"id": images[s.image_id], "file_name": s.image_id, "width": s.width, "height": s.height}
-                   for s in index.samples],
-        "categories": [{"id": cid, "name": name} for cid, name in zip(categories, index.classes)],
-        "annotations": [],
-    }
-    for s in index.samples:
-        for bbox, label, crowd in zip(_xywh(s.boxes), s.labels.tolist(), s.difficult.tolist()):
-            doc["annotations"].append({"id": len(doc["annotations"]) + 1, "image_id": images[s.image_id],
-                                       "category_id": categories[label], "bbox": bbox,
-                                       "area": bbox[2] * bbox[3], "iscrowd": int(crowd)})
-    return doc
+def summary_lines(stats: list[float]) -> list[str]:
+    """The 12 lines pycocotools' `COCOeval.summarize()` prints for these stats (default parameters), character
+    for character, e.g. ` Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.504`."""
+    lines = []
+    for value, (ap, iou, area, max_dets) in zip(stats, _SUMMARY_ROWS):
+        title, kind = ("Average Precision", "(AP)") if ap else ("Average Recall", "(AR)")
+        iou_text = "0.50:0.95" if iou is None else f"{iou:0.2f}"
+        lines.append(f" {title:<18} {kind} @[ IoU={iou_text:<9} | area={area:>6s} | maxDets={max_dets:>3d} ] "
+                     f"= {value:0.3f}")
+    return lines
 
 
 def to_coco_results(preds: Predictions, index: DatasetIndex) -> list[dict[str, Any]]:
-    """The detections as a COCO results list, with the ids `index_to_coco` uses."""
+    """The detections as a COCO results list with the ids of the ground truth (`coco_ids`).
+
+    Predictions read from a COCO results list give that list back, each entry a shallow copy (loadRes
+    writes `id`, `area` and `iscrowd` into them) of the file's: the same bbox floats, scores and order,
+    so pycocotools scores exactly what it would read from the file. Entries whose category id the
+    ground truth lacks are left out: pycocotools' `_prepare` never selects them (only `params.catIds`),
+    so the numbers are the same, and an id such as [3] cannot break its index.
+    """
     images, categories = coco_ids(index)
     preds.flatten(list(images))  # raises on image ids the index does not have
+    if preds.coco_results is not None:
+        known = set(categories)
+        return [dict(entry) for entry in preds.coco_results
+                if _is_id(entry.get("category_id")) and entry["category_id"] in known]
     results = []
     for image_id, p in preds.images.items():
         coco_image = images[image_id]
-        for bbox, score, label in zip(_xywh(p.boxes), p.scores.tolist(), p.labels.tolist()):
+        for bbox, score, label in zip(xywh(p.boxes), p.scores.tolist(), p.labels.tolist()):
             results.append({"image_id": coco_image, "category_id": categories[label], "bbox": bbox, "score": score})
     return results
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
 
 
 BACKENDS: tuple[str, ...] = ("auto", "pycocotools", "faster-coco-eval")
@@ -94,8 +83,9 @@ def _cocoeval_classes(backend: str) -> tuple[Any, Any]:
     """(COCO, COCOeval) of `backend`; "auto" is faster-coco-eval when installed, else pycocotools.
 
     faster-coco-eval runs pycocotools' algorithm in C++ (7.5x faster on 500 images x 100
-    detections, bench/eval_speed.py) and gives the same numbers (tests/evaluation/test_coco.py
-    compares every stat and the precision array); pycocotools stays the reference.
+    detections, bench/eval_speed.py) and gives the same numbers (tests/evaluation/test_coco_backends.py
+    compares every stat and the precision array, also against pycocotools run on COCO- and
+    Roboflow-style files, annotation id 0 included); pycocotools stays the reference.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown COCO backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
@@ -113,18 +103,28 @@ def _cocoeval_classes(backend: str) -> tuple[Any, Any]:
     return COCO, COCOeval
 
 
-def run_cocoeval(index: DatasetIndex, preds: Predictions, *, verbose: bool = False, backend: str = "auto") -> Any:
+def run_cocoeval(index: DatasetIndex, preds: Predictions, *, verbose: bool = False, backend: str = "auto",
+                 notes: list[str] | None = None) -> Any:
     """pycocotools' `COCOeval` after evaluate(), accumulate() and summarize(), for callers that need more
     than the 12 numbers (`eval --plots` reads its `eval["precision"]` array).
 
-    pycocotools' printing is swallowed unless `verbose`. backend: see `_cocoeval_classes`.
+    pycocotools' printing (and faster-coco-eval's warnings) are swallowed unless `verbose`.
+    backend: see `_cocoeval_classes`. notes: receives what the ground truth needs said (coco_truth.py).
     """
     COCO, COCOeval = _cocoeval_classes(backend)
+    doc, truth_notes = ground_truth(index)
+    if notes is not None:
+        notes.extend(truth_notes)
     results = to_coco_results(preds, index)
     out = io.StringIO()
-    with contextlib.redirect_stdout(out) if not verbose else contextlib.nullcontext():
+    quiet = contextlib.ExitStack()
+    if not verbose:
+        quiet.enter_context(contextlib.redirect_stdout(out))
+        quiet.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore")
+    with quiet:
         gt = COCO()
-        gt.dataset = index_to_coco(index)
+        gt.dataset = doc
         gt.createIndex()
         if results:
             dt = gt.loadRes(results)
@@ -142,17 +142,20 @@ def run_cocoeval(index: DatasetIndex, preds: Predictions, *, verbose: bool = Fal
 
 def evaluate_coco(index: DatasetIndex, preds: Predictions, *, verbose: bool = False,
                   backend: str = "auto") -> dict[str, Any]:
-    """`{"stats": [12 floats], "AP": ..., "ARl": ..., "per_class": {name: AP}}`, fractions in [0, 1].
+    """`{"stats": [12 floats], "AP": ..., "ARl": ..., "per_class": {name: AP}, "notes": [str]}`, fractions in [0, 1].
 
     per_class: detectron2's per-category AP, the mean of `eval["precision"]` over
     IoU thresholds and recall points at area "all" and 100 detections, -1 entries
     left out; nan for a class without (non-crowd) ground truth.
-    pycocotools' printing is swallowed unless `verbose`.
+    notes: facts about the ground truth file a user should know (coco_truth.py), usually none.
+    pycocotools' printing is swallowed unless `verbose`; `summary_lines(stats)` is its text.
     """
-    evaluator = run_cocoeval(index, preds, verbose=verbose, backend=backend)
+    notes: list[str] = []
+    evaluator = run_cocoeval(index, preds, verbose=verbose, backend=backend, notes=notes)
     stats = [float(v) for v in evaluator.stats[:12]]
     report: dict[str, Any] = {"stats": stats, **dict(zip(STAT_NAMES, stats))}
     report["per_class"] = _per_class_ap(evaluator, index.classes, coco_ids(index)[1])
+    report["notes"] = notes
     return report
 
 

@@ -12,7 +12,14 @@ a model trained with another class order still evaluates correctly.
 
 A COCO detection results list (`[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]`,
 what detectron2 and mmdet write) is read too when the index is COCO, through the
-original ids the COCO reader kept in `index.meta`.
+original ids the COCO reader kept in `index.meta`; the list itself is kept
+(`Predictions.coco_results`) so the COCO evaluator hands pycocotools the file's entries unchanged.
+
+Detections of classes the dataset does not have (a COCO-trained detector scored on a
+30-class set) are left out and counted in `Predictions.ignored`, as pycocotools (which
+only scores the ground truth's category ids) and the VOC devkit (which scores only its
+classes) do; `strict_classes=True` makes them an error. Image ids the dataset does not
+have are always an error: the file belongs to another dataset.
 """
 
 from __future__ import annotations
@@ -81,13 +88,22 @@ class FlatPredictions:
 
 @dataclass
 class Predictions:
-    """Detections per image id; images without detections may be absent."""
+    """Detections per image id; images without detections may be absent.
+
+    ignored: class name (or `category_id N` of a COCO results list) -> detections `load_predictions`
+        left out because the dataset has no such class.
+    coco_results: the COCO results list these detections were read from, entries as in the file
+        (None otherwise); `add` drops it, since the detections then differ from the list.
+    """
 
     classes: list[str]
     images: dict[str, ImagePredictions] = field(default_factory=dict)
+    ignored: dict[str, int] = field(default_factory=dict)
+    coco_results: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     def add(self, image_id: str, boxes: Any, scores: Any, labels: Any) -> None:
         """Append detections for `image_id` (after any it already has)."""
+        self.coco_results = None
         new = ImagePredictions(boxes, scores, labels)
         bad = new.labels[(new.labels < 0) | (new.labels >= len(self.classes))]
         if bad.size:
@@ -128,12 +144,16 @@ def check_image_ids(found: Any, known: Any, where: str = "predictions") -> None:
         raise PredictionsError(f"{where}: {len(unknown)} image id(s) not in the dataset: {named}{more}")
 
 
-def load_predictions(path: str | Path, index: DatasetIndex) -> Predictions:
-    """Read a boxforge predictions file or a COCO results list, with labels mapped to `index.classes`."""
+def load_predictions(path: str | Path, index: DatasetIndex, *, strict_classes: bool = False) -> Predictions:
+    """Read a boxforge predictions file or a COCO results list, with labels mapped to `index.classes`.
+
+    Detections of classes `index` lacks are counted in `.ignored` and left out, or with
+    `strict_classes` an error naming them.
+    """
     path = Path(path)
     doc = load_json(path)
     if isinstance(doc, list):
-        return _from_coco_results(doc, path, index)
+        return _from_coco_results(doc, path, index, strict_classes)
     if not isinstance(doc, dict) or not isinstance(doc.get("predictions"), list):
         raise PredictionsError(f"{path}: not a predictions file: expected an object with a 'predictions' list "
                                "or a COCO results list [{image_id, category_id, bbox, score}]")
@@ -142,7 +162,9 @@ def load_predictions(path: str | Path, index: DatasetIndex) -> Predictions:
         raise PredictionsError(f"{path}: 'classes' must be a list of names, found {file_classes!r:.80}")
     label_of = {name: i for i, name in enumerate(index.classes)}
     grouped: dict[str, tuple[list, list, list]] = {}
-    unknown_classes: dict[str, int] = {}
+    unknown_classes: dict[str, int] = {}  # name -> first position
+    ignored: dict[str, int] = {}
+    images: dict[str, None] = {}
     for number, entry in enumerate(doc["predictions"]):
         where = f"{path}: predictions[{number}]"
         if not isinstance(entry, dict):
@@ -154,21 +176,24 @@ def load_predictions(path: str | Path, index: DatasetIndex) -> Predictions:
             raise PredictionsError(f"{where} has label {label!r}; expected a class name")
         box = _numbers(entry.get("box"), 4, f"{where} 'box'", "[x1, y1, x2, y2]")
         score = _numbers([entry.get("score")], 1, f"{where} 'score'", "a finite number")[0]
+        images[image] = None
         if label not in label_of:
             unknown_classes.setdefault(label, number)
+            ignored[label] = ignored.get(label, 0) + 1
             continue
         boxes, scores, labels = grouped.setdefault(image, ([], [], []))
         boxes.append(box)
         scores.append(score)
         labels.append(label_of[label])
-    if unknown_classes:
+    if unknown_classes and strict_classes:
         named = ", ".join(f"{k!r} (predictions[{n}])" for k, n in list(unknown_classes.items())[:MAX_NAMED])
         raise PredictionsError(f"{path}: unknown class name(s) {named}; the dataset's classes are: "
-                               f"{', '.join(index.classes)}")
-    check_image_ids(grouped, index.by_id(), str(path))
+                               f"{', '.join(index.classes)} (without --strict-classes they are ignored)")
+    check_image_ids(images, index.by_id(), str(path))
     preds = Predictions(list(index.classes))
     for image, (boxes, scores, labels) in grouped.items():
         preds.add(image, boxes, scores, labels)
+    preds.ignored = ignored
     return preds
 
 
@@ -180,7 +205,7 @@ def _numbers(value: Any, n: int, where: str, expected: str) -> list[float]:
     return [float(v) for v in value]
 
 
-def _from_coco_results(doc: list, path: Path, index: DatasetIndex) -> Predictions:
+def _from_coco_results(doc: list, path: Path, index: DatasetIndex, strict_classes: bool) -> Predictions:
     preds = Predictions(list(index.classes))
     if not doc:
         return preds
@@ -193,19 +218,25 @@ def _from_coco_results(doc: list, path: Path, index: DatasetIndex) -> Prediction
     image_of = {cid: image_id for image_id, cid in coco_ids.items()}
     grouped: dict[str, tuple[list, list, list]] = {}
     unknown_images: list[Any] = []
+    ignored: dict[str, int] = {}
     for number, entry in enumerate(doc):
         where = f"{path}: [{number}]"
         if not isinstance(entry, dict):
             raise PredictionsError(f"{where} is not an object")
         x, y, w, h = _numbers(entry.get("bbox"), 4, f"{where} 'bbox'", "[x, y, width, height]")
         score = _numbers([entry.get("score")], 1, f"{where} 'score'", "a finite number")[0]
-        category = entry.get("category_id")
-        if category not in label_of:
-            raise PredictionsError(f"{where} has category_id {category!r}; the dataset's ids are: "
-                                   f"{', '.join(map(str, category_ids))}")
-        image = image_of.get(entry.get("image_id"))
+        category, image_key = entry.get("category_id"), entry.get("image_id")
+        image = image_of.get(image_key) if _is_key(image_key) else None
         if image is None:
-            unknown_images.append(entry.get("image_id"))
+            unknown_images.append(image_key if _is_key(image_key) else repr(image_key))
+            continue
+        if not _is_key(category) or category not in label_of:
+            if strict_classes:
+                raise PredictionsError(f"{where} has category_id {category!r}; the dataset's ids are: "
+                                       f"{', '.join(map(str, category_ids))} (without --strict-classes such "
+                                       "detections are ignored, as pycocotools ignores them)")
+            name = f"category_id {category!r}"
+            ignored[name] = ignored.get(name, 0) + 1
             continue
         boxes, scores, labels = grouped.setdefault(image, ([], [], []))
         boxes.append([x, y, x + w, y + h])
@@ -214,7 +245,14 @@ def _from_coco_results(doc: list, path: Path, index: DatasetIndex) -> Prediction
     check_image_ids(dict.fromkeys(unknown_images), (), f"{path} (COCO image_id)")
     for image, (boxes, scores, labels) in grouped.items():
         preds.add(image, boxes, scores, labels)
+    preds.ignored = ignored
+    preds.coco_results = doc  # after add(), which drops it
     return preds
+
+
+def _is_key(value: Any) -> bool:
+    """A COCO id usable as a lookup key (a list or an object in the file would not be)."""
+    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
 
 
 def save_predictions(preds: Predictions, classes: Sequence[str], path: str | Path) -> Path:

@@ -4,6 +4,11 @@ Category ids may have gaps (COCO's 1..90 for 80 classes); classes are ordered by
 category id and the mapping is kept in `category_ids` so evaluation and export
 can write the original ids back. Crowd regions become `difficult`.
 Images need not exist: evaluation only reads annotations.
+
+`index.meta` keeps what evaluation needs to score against the file itself (see
+evaluation/coco.py): `annotation_file`, `coco_image_ids` (image id -> the file's id),
+`category_ids` (in class order) and `annotation_positions`, the position in the file's
+`annotations` list of every box the index holds (an int64 array, 8 bytes a box).
 """
 
 from __future__ import annotations
@@ -109,9 +114,10 @@ def read_coco(json_path: Path, root: Path | None = None, split: str | None = Non
         sample = _image(im, number, img_dir, root, rel_json, problems)
         if sample is not None:
             samples[im["id"]] = sample
-    per_image: dict[Any, list[tuple[np.ndarray, int, bool]]] = {k: [] for k in samples}
+    per_image: dict[Any, list[tuple[np.ndarray, int, bool, int]]] = {k: [] for k in samples}
     for number, ann in enumerate(annotations):
         _annotation(ann, number, samples, cat_to_label, per_image, root, rel_json, problems)
+    positions: list[int] = []
     for image_key, objects in per_image.items():
         if objects:
             s = samples[image_key]
@@ -119,9 +125,11 @@ def read_coco(json_path: Path, root: Path | None = None, split: str | None = Non
             s.labels = np.array([o[1] for o in objects], dtype=np.int64)
             s.difficult = np.array([o[2] for o in objects], dtype=bool)
             s.__post_init__()
+            positions.extend(o[3] for o in objects)
     meta = {"category_ids": [c["id"] for c in cats],
             "coco_image_ids": {s.image_id: key for key, s in samples.items()},
-            "annotation_file": str(json_path)}
+            "annotation_file": str(json_path),
+            "annotation_positions": np.array(positions, dtype=np.int64)}
     return DatasetIndex(classes=classes, samples=list(samples.values()), format="coco", root=root,
                         split=split, problems=problems, meta=meta)
 
@@ -180,7 +188,20 @@ def _annotation(ann: Any, number: int, samples: dict[Any, Sample], cat_to_label:
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
         problems.append(Problem("invalid_annotation", "error", image, rel_json, f"{where} has bbox {bbox!r}, expected [x, y, w, h]"))
         return
-    x, y, w, h = (float(v) for v in bbox)
-    box = np.array([x, y, x + w, y + h], dtype=np.float32)
     crowd = bool(ann.get("iscrowd", 0)) or bool(ann.get("difficult", 0))  # `difficult`: boxforge's VOC flag
-    per_image[ann["image_id"]].append((box, cat_to_label[ann["category_id"]], crowd))
+    per_image[ann["image_id"]].append((xyxy(bbox), cat_to_label[ann["category_id"]], crowd, number))
+
+
+def xyxy(bbox: list[float]) -> list[float]:
+    """[x, y, x + w, y + h] (Python floats, i.e. float64, as pycocotools computes) of a COCO bbox [x, y, w, h]:
+    the conversion the reader and the COCO evaluator's check of the file against the index share.
+    An integer beyond float range becomes +-inf (`check` reports the box as non-finite)."""
+    x, y, w, h = (_float(v) for v in bbox)
+    return [x, y, x + w, y + h]
+
+
+def _float(value: float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer with 400 digits
+        return math.inf if value > 0 else -math.inf

@@ -54,7 +54,7 @@ def read_txtlist(list_file: Path, classes: list[str] | None = None, root: Path |
                 boxes.append(parsed[0])
                 labels.append(parsed[1])
         if boxes:
-            sample.boxes = np.array(boxes, dtype=np.float32)
+            sample.boxes = np.array(boxes, dtype=np.float64)
             sample.labels = np.array(labels, dtype=np.int64)
             sample.__post_init__()
         samples.append(sample)
@@ -81,9 +81,10 @@ def _box(field: str, num_classes: int, where: str, image: str, rel_list: str,
 
 
 def format_txtlist_line(sample: Sample, relpath: str) -> str:
-    """One line of the list: integers where the box is integral, 1-based class ids."""
+    """One line of the list: integers where the box is integral, else the shortest text that reads back as the
+    same float64 (48.27, not 48.2700004); 1-based class ids."""
     def num(v: float) -> str:
-        return str(int(v)) if float(v).is_integer() else f"{float(v):.6g}"
+        return str(int(v)) if float(v).is_integer() else repr(float(v))
     fields = [relpath] + [",".join([*(num(v) for v in box), str(int(label) + 1)])
                           for box, label in zip(sample.boxes, sample.labels)]
     return " ".join(fields)

@@ -208,8 +208,7 @@ def _object(obj: Element) -> tuple[str, np.ndarray, bool, bool]:
     box = obj.find("bndbox")
     if box is None:
         raise ValueError(f"{name!r} has no <bndbox>")
-    with np.errstate(over="ignore"):  # beyond float32: inf, which `check` reports as a non-finite box
-        coords = np.array([_number(box, t) for t in ("xmin", "ymin", "xmax", "ymax")], dtype=np.float32)
+    coords = np.array([_number(box, t) for t in ("xmin", "ymin", "xmax", "ymax")], dtype=np.float64)
     return name, coords, _flag(obj, "difficult"), _flag(obj, "truncated")
 
 
