@@ -56,6 +56,8 @@ RECIPES: dict[str, list[str]] = {
     "yolo_csp_mosaic": ["--model", "yolo_csp", "--img-size", "320", "--cache", "ram", "--mosaic", "0.5"],
     "yolo_csp_workers1": ["--model", "yolo_csp", "--img-size", "320", "--workers", "1"],  # data in its own process
     "yolo_csp_256": ["--model", "yolo_csp", "--img-size", "256"],
+    # the default (yolo_csp, --img-size auto) with a size per batch from 0.7-1.3x of it; compare with "default"
+    "default_multiscale": ["--multi-scale"],
     "yolo_lite0_pretrained": ["--model", "yolo_efficientnet_lite0", "--weights-backbone", "IMAGENET1K", "--cache", "ram"],
     "lite0_pretrained": ["--model", "ssdlite_efficientnet_lite0", "--weights-backbone", "IMAGENET1K", "--cache", "ram"],
     # the pretrained peer rebuilt with boxforge parts: SSDLite head on the same pretrained backbone, SGD lr 0.1;
@@ -202,7 +204,7 @@ def _config(run: Path) -> dict[str, Any]:
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     return {k: cfg.get(k) for k in ("model", "img_size", "batch_size", "lr", "optimizer", "schedule", "warmup",
-                                    "ema", "amp", "anchors", "mosaic", "cache", "threads", "workers")}
+                                    "ema", "amp", "anchors", "mosaic", "cache", "multi_scale", "threads", "workers")}
 
 
 if __name__ == "__main__":

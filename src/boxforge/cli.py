@@ -40,6 +40,15 @@ def _count_or_auto(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{text!r}: give a number of threads or auto") from None
 
 
+def _scale_range(text: str) -> list[float]:
+    """--multi-scale MIN:MAX, fractions of the input size (checked by TrainConfig.validate)."""
+    try:
+        low, high = (float(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give MIN:MAX, fractions of the input size, e.g. 0.5:1.5") from None
+    return [low, high]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boxforge", description="Datasets in, detectors out. "
                                      "Run `boxforge COMMAND --help` for each command.")
@@ -102,7 +111,7 @@ def _prepare_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
-    from boxforge.config import OPTIMIZERS, SCHEDULES
+    from boxforge.config import MULTI_SCALE_DEFAULT, OPTIMIZERS, SCHEDULES
     from boxforge.models import MODELS
 
     p = sub.add_parser("train", help="train a detector (CPU, one GPU, or torchrun for many)",
@@ -159,6 +168,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    help="float16 on CUDA, bfloat16 on CPU (default: off; yolo_csp: on where the CPU has native bf16)")
     p.add_argument("--mosaic", type=float, metavar="P", help="detectors: probability that a training sample is "
                    "a mosaic of 4 images, before the usual augmentations (default 0: off)")
+    p.add_argument("--multi-scale", type=_scale_range, nargs="?", const=True, default=None, metavar="MIN:MAX",
+                   help="detectors: each batch at its own input size, a multiple of 32 from MIN to MAX times the "
+                   "input size, drawn per batch from (seed, epoch, iteration); validation, checkpoints and export "
+                   f"stay at the input size (no value: {MULTI_SCALE_DEFAULT[0]}:{MULTI_SCALE_DEFAULT[1]}, about darknet's "
+                   "random=1; default: off)")
     p.add_argument("--cache", choices=("auto", "ram", "off"), help="keep each decoded training image in memory "
                    "(longer side at most 2 x img size), in every worker: ram (refused above 25%% of physical RAM), "
                    "auto (default: ram when it fits in 10%% of RAM), off")

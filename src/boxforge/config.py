@@ -19,6 +19,7 @@ SCHEDULES = ("cosine", "multistep", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 ANCHORS = ("default", "auto")
 AUTO_AUGMENTS = ("autoaugment", "randaugment", "trivialaugment", "augmix")  # as data/transforms.py
+MULTI_SCALE_DEFAULT = (0.7, 1.3)  # --multi-scale alone: darknet's random=1 spread (engine/multiscale.py)
 
 
 @dataclass
@@ -77,6 +78,9 @@ class TrainConfig:
     sync_bn: bool = False  # torchrun: BatchNorm statistics over all ranks (torchvision references' --sync-bn)
     mosaic: float = 0.0  # detectors: probability that a training sample is a 4-image mosaic (data/mosaic.py)
     cache: str = "auto"  # "ram" / "auto" (when it fits in 10% of RAM) / "off": decoded images in memory (data/cache.py)
+    # detectors: [min, max] fractions of img_size; each batch trains at a size drawn from the multiples of 32 between
+    # (engine/multiscale.py); None (or False): off; True: MULTI_SCALE_DEFAULT, written out by validate()
+    multi_scale: list[float] | None = None
     # Classification recipe (torchvision references/classification); ignored by detectors.
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0  # 0: off
@@ -113,6 +117,7 @@ class TrainConfig:
             raise BoxforgeError(f"--mosaic {self.mosaic}: a probability, allowed 0 <= p <= 1")
         if self.cache not in ("ram", "auto", "off"):
             raise BoxforgeError(f"--cache {self.cache!r}; choose one of: ram, auto, off")
+        self._check_multi_scale()
         if self.img_size is not None and self.img_size != "auto" and (
                 isinstance(self.img_size, bool) or not isinstance(self.img_size, int) or self.img_size < 32):
             raise BoxforgeError(f"--img-size {self.img_size!r}; allowed: an integer >= 32 or auto")
@@ -126,6 +131,22 @@ class TrainConfig:
                 raise BoxforgeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.data:
             raise BoxforgeError("--data is required: a dataset folder or file")
+
+    def _check_multi_scale(self) -> None:
+        """multi_scale: None (off), True (the default range, written out) or [min, max] with 0 < min <= 1 <= max."""
+        if self.multi_scale is True:
+            self.multi_scale = list(MULTI_SCALE_DEFAULT)
+        if self.multi_scale is None or self.multi_scale is False:
+            self.multi_scale = None
+            return
+        pair = self.multi_scale
+        ok = (isinstance(pair, (list, tuple)) and len(pair) == 2
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair))
+        if not ok or not 0 < pair[0] <= 1 <= pair[1] <= 4:
+            raise BoxforgeError(f"--multi-scale {pair!r}: give MIN:MAX, fractions of the input size with "
+                                f"0 < MIN <= 1 <= MAX <= 4 (e.g. 0.5:1.5), or no value for "
+                                f"{MULTI_SCALE_DEFAULT[0]}:{MULTI_SCALE_DEFAULT[1]}")
+        self.multi_scale = [float(pair[0]), float(pair[1])]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,7 +7,8 @@ last.pt, validate, keep best.pt. Exact resume rests on three things: the
 sampler's order and per-sample seeds depend only on (seed, epoch, index); every
 piece of state (model, optimizer, scaler, EMA, position, RNG) is in the
 checkpoint; and the learning rate is a function of the step, not of a stateful
-scheduler.
+scheduler. (--multi-scale's input size per batch is, likewise, a function of (seed,
+epoch, iteration): engine/multiscale.py.)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from boxforge.engine import distributed
 from boxforge.engine.ema import ema_update_fn
 from boxforge.engine.logging import MetricsLog
 from boxforge.engine.malloc import keep_freed_memory
+from boxforge.engine.multiscale import TrainSizes, describe as describe_sizes, train_sizes
 from boxforge.engine.sampler import ResumableSampler, SeededDataset
 from boxforge.engine.schedule import lr_factor
 from boxforge.engine.setup import (Plan, build_model, build_optimizer, default_lr, fitted_anchors, input_size,
@@ -134,6 +136,9 @@ def _fit(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run
             check_index_task(task, index, what)
     model = build_model(cfg, train_index.classes, resume, log, fitted_anchors(cfg, train_index, resume, log),
                         input_size(cfg, train_index, task, log) if resume is None else None)
+    sizes = train_sizes(cfg.multi_scale, model, cfg.seed)
+    if sizes is not None:
+        log.print(describe_sizes(sizes, int(model.img_size), cfg.multi_scale))
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)
@@ -164,7 +169,7 @@ def _fit(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run
               f"{f' x {info.world_size} ranks' if info.enabled else ''}, lr {lr:g}, device {device}, "
               f"threads {torch.get_num_threads()}; outputs in {run_dir}")
     loop = _Loop(cfg, info, device, run_dir, log, model, train_model, optimizer, ema, scaler, plan, lr,
-                 sampler, loader, val_index)
+                 sampler, loader, val_index, sizes)
     with Watchdog(cfg.stall_timeout, run_dir if info.is_main else None) as watchdog:
         loop.watchdog = watchdog
         stopped_by = loop.run(state)
@@ -256,10 +261,11 @@ class _Loop:
     def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run_dir: Path,
                  log: MetricsLog, model: nn.Module, train_model: nn.Module, optimizer: torch.optim.Optimizer,
                  ema: AveragedModel | None, scaler: torch.amp.GradScaler, plan: Plan, base_lr: float,
-                 sampler: ResumableSampler, loader: Any, val_index: Any) -> None:
+                 sampler: ResumableSampler, loader: Any, val_index: Any, sizes: TrainSizes | None = None) -> None:
         self.cfg, self.info, self.device, self.run_dir, self.log = cfg, info, device, run_dir, log
         self.model, self.train_model, self.optimizer, self.ema, self.scaler = model, train_model, optimizer, ema, scaler
         self.plan, self.base_lr, self.sampler, self.loader, self.val_index = plan, base_lr, sampler, loader, val_index
+        self.sizes = sizes  # --multi-scale: each batch's input size, a function of (seed, epoch, iteration)
         self.watchdog: Watchdog | None = None
         self.task: Task = make_task(cfg, list(model.class_names))
         self.amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if cfg.amp else None
@@ -352,8 +358,9 @@ class _Loop:
             group["lr"] = lr
         self.lr = lr
         images, targets = self.task.to_device(images, targets, self.device)
+        size = self.sizes.at(state.epoch, state.iteration) if self.sizes is not None else None
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss_dict = self.task.losses(self.train_model, images, targets)
+            loss_dict = self.task.losses(self.train_model, images, targets, size=size)
         loss = sum(loss_dict.values()) / cfg.accumulate
         if not distributed.all_true(bool(torch.isfinite(loss)), self.info, self.device):  # ranks skip together
             self.optimizer.zero_grad(set_to_none=True)

@@ -48,8 +48,9 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
 def kernel_choice(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
     """Speed or bitwise repeatability for the run, restoring torch's global flags afterwards.
 
-    Default on CUDA: cuDNN autotuning (every training batch has the model's fixed input size, so the
-    per-shape search pays once), which picks kernels by timing and so may differ run to run.
+    Default on CUDA: cuDNN autotuning (every training batch has the model's fixed input size, or one of
+    --multi-scale's few sizes, so the per-shape search pays once per size), which picks kernels by timing
+    and so may differ run to run.
     --deterministic: no autotuning, deterministic kernels where torch has them, cuBLAS's fixed workspace;
     what `--resume` needs to be bit-identical on a GPU (it is on CPU anyway). An op with no deterministic
     CUDA kernel (e.g. nearest upsampling's backward) warns, naming itself, rather than ending the run.

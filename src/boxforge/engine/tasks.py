@@ -44,7 +44,8 @@ class Task(Protocol):
 
     def to_device(self, images: Any, targets: Any, device: torch.device) -> tuple[Any, Any]: ...
 
-    def losses(self, model: nn.Module, images: Any, targets: Any) -> dict[str, Tensor]: ...
+    def losses(self, model: nn.Module, images: Any, targets: Any, *, size: int | None = None) -> dict[str, Tensor]:
+        """`size`: this batch's --multi-scale input size (None: the model's own)."""
 
     def describe_batch(self, targets: Any) -> str: ...
 
@@ -105,8 +106,9 @@ class DetectTask:
                    for t in targets]
         return images, targets
 
-    def losses(self, model: nn.Module, images: Any, targets: Any) -> dict[str, Tensor]:
-        return model(images, targets)
+    def losses(self, model: nn.Module, images: Any, targets: Any, *, size: int | None = None) -> dict[str, Tensor]:
+        """The detector resizes the batch to `size` itself (Detector.forward), so anchors and targets follow it."""
+        return model(images, targets) if size is None else model(images, targets, size=size)
 
     def describe_batch(self, targets: list[dict[str, Any]]) -> str:
         return "last batch: " + ", ".join(t["image_id"] for t in targets)
@@ -140,6 +142,9 @@ class ClassifyTask:
         if cfg.freeze:
             raise BoxforgeError(f"--freeze {cfg.freeze} is for detectors; to fine-tune only a classifier's last "
                                 "layer, train it with a small --lr instead")
+        if cfg.multi_scale:
+            raise BoxforgeError("--multi-scale is for detectors; a classifier already sees objects at many scales "
+                                "through RandomResizedCrop (--crop-scale sets the smallest area it keeps)")
         self.cfg = cfg
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.mix = mixup_cutmix(cfg.mixup_alpha, cfg.cutmix_alpha, num_classes)
@@ -161,7 +166,9 @@ class ClassifyTask:
             images, targets = self.mix(images, targets)
         return images, targets
 
-    def losses(self, model: nn.Module, images: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    def losses(self, model: nn.Module, images: Tensor, targets: Tensor, *, size: int | None = None) -> dict[str, Tensor]:
+        if size is not None:
+            raise ValueError("ClassifyTask: classifiers train at one input size (--multi-scale is refused)")
         logits = model(images)
         return {"classification": self.criterion(logits.float(), targets)}
 

@@ -93,9 +93,9 @@ def _load_backbone(net: nn.Module, spec: WeightsArg, enum: Any, name: str) -> bo
 
 
 def _finish(model: SSD, *, name: str, names: list[str], img_size: int, backbone: Sequence[str],
-            weights: WeightsArg, enum: Any, build_args: dict[str, Any]) -> Detector:
-    """Wrap `model` in a Detector and load whole-model `weights` into it, if any."""
-    detector = Detector(model, name=name, class_names=names, img_size=img_size, backbone=backbone)
+            weights: WeightsArg, enum: Any, build_args: dict[str, Any], min_size: int = 64) -> Detector:
+    """Wrap `model` in a Detector and load whole-model `weights` into it, if any; `min_size` as `_common`'s."""
+    detector = Detector(model, name=name, class_names=names, img_size=img_size, backbone=backbone, min_size=min_size)
     detector.build_args = {"num_classes": len(names), "class_names": names, "img_size": img_size, **build_args}
     state = resolve_state_dict(weights, enum=enum, model_name=name, role="weights")
     if state is not None:
@@ -144,7 +144,7 @@ def ssd300_vgg16(*, num_classes: int, weights: WeightsArg = None, weights_backbo
     options = _ssd_options(name, kwargs, {"image_mean": [0.48235, 0.45882, 0.40784], "image_std": [1 / 255] * 3})
     model = SSD(_vgg_extractor(vgg, False, 5), anchors, (size, size), num_classes + 1, **options)
     return _finish(model, name=name, names=names, img_size=size, backbone=["backbone.features"],
-                   weights=weights, enum=SSD300_VGG16_Weights, build_args={})
+                   weights=weights, enum=SSD300_VGG16_Weights, build_args={}, min_size=VGG_MIN_SIZE)
 
 
 def ssdlite320_mobilenet_v3_large(*, num_classes: int, weights: WeightsArg = None, weights_backbone: WeightsArg = None,

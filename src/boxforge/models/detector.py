@@ -9,7 +9,8 @@ else in boxforge needs to know that the background slot exists.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -32,6 +33,8 @@ class Detector(nn.Module):
     tensor; each is resized to `img_size` x `img_size` inside and boxes come back in the input's
     pixels. targets: one dict per image with "boxes" (N, 4) float xyxy pixels and "labels" (N,)
     int64 0-based; other keys (e.g. "difficult") are ignored.
+    size (train mode only): resize to `size` x `size` instead for this call, boxes scaled alike
+    (`train --multi-scale`); default boxes or grid cells then follow that size's feature maps.
 
     The state dict keys are the SSD's with a "model." prefix; `load_matching` accepts either form.
     """
@@ -42,13 +45,15 @@ class Detector(nn.Module):
     prefers_channels_last = True
 
     def __init__(self, model: SSD, *, name: str, class_names: Sequence[str], img_size: int,
-                 backbone: Sequence[str]) -> None:
-        """`backbone`: dotted names under `model` of the (pretrainable) feature extractor parts to freeze."""
+                 backbone: Sequence[str], min_size: int = 64) -> None:
+        """`backbone`: dotted names under `model` of the (pretrainable) feature extractor parts to freeze;
+        `min_size`: the smallest input side the architecture accepts (the builder's lower bound for img_size)."""
         super().__init__()
         self.model = model
         self.name = name
         self.class_names = list(class_names)
         self.img_size = int(img_size)
+        self.min_size = int(min_size)
         self._backbone_names = tuple(backbone)
         self.frozen_backbone = False
         self.transfer_report = None  # a TransferReport, set by the builder when weights were loaded
@@ -86,8 +91,32 @@ class Detector(nn.Module):
         for key, value in settings.items():
             setattr(self.model, key, value)
 
-    def forward(self, images: list[Tensor] | Tensor,
-                targets: list[dict[str, Tensor]] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+    def check_train_size(self, size: int) -> None:
+        """ValueError unless a training batch may be resized to `size` x `size` (see `forward`'s size)."""
+        if size < self.min_size:
+            raise ValueError(f"{self.name}: a training size of {size} px is below its smallest input, "
+                             f"{self.min_size} px")
+        steps = getattr(getattr(self.model, "anchor_generator", None), "steps", None)
+        if steps is not None and size != self.img_size:
+            raise ValueError(f"{self.name} at {self.img_size} px places its default boxes with fixed steps {steps}, "
+                             f"which fit that size only; build it at another img_size (e.g. 320), where they follow each "
+                             "feature map's grid")
+
+    @contextmanager
+    def _input_size(self, size: int | None) -> Iterator[None]:
+        """The inner GeneralizedRCNNTransform resizes to `size` (None: img_size) until the block ends."""
+        transform = self.model.transform
+        saved = (transform.min_size, transform.max_size, transform.fixed_size)
+        if size is not None and size != self.img_size:
+            self.check_train_size(size)
+            transform.min_size, transform.max_size, transform.fixed_size = (size,), size, (size, size)
+        try:
+            yield
+        finally:
+            transform.min_size, transform.max_size, transform.fixed_size = saved
+
+    def forward(self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None, *,
+                size: int | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         if isinstance(images, Tensor):
             if images.dim() != 4 or images.shape[1] != 3:
                 raise ValueError(f"images: expected (B, 3, H, W), got {tuple(images.shape)}")
@@ -97,7 +126,11 @@ class Detector(nn.Module):
                 raise ValueError("Detector in train mode needs targets; call .eval() to get predictions")
             if len(targets) != len(images):
                 raise ValueError(f"got {len(images)} images but {len(targets)} targets")
-            return self.model(images, [self._to_model(t, i) for i, t in enumerate(targets)])
+            with self._input_size(size):
+                return self.model(images, [self._to_model(t, i) for i, t in enumerate(targets)])
+        if size is not None:
+            raise ValueError("Detector: size is for training batches; in eval mode every image is resized to "
+                             f"img_size ({self.img_size})")
         return [self._from_model(d) for d in self.model(images)]
 
     def _to_model(self, target: dict[str, Tensor], index: int) -> dict[str, Tensor]:
