@@ -61,17 +61,19 @@ def synth(out: str | Path, *, images: int = 200, classes: int = 3, seed: int = 0
     return load_dataset(out)
 
 
-def train(config: TrainConfig | None = None, *, config_file: str | Path | None = None, **settings: object):
+def train(config: TrainConfig | None = None, *, config_file: str | Path | None = None,
+          local_rank: int | None = None, **settings: object):
     """Train a detector. `settings` are TrainConfig fields (data=..., model=..., epochs=...); see `boxforge train -h`.
 
-    Returns a TrainResult (run_dir, best_metric, last and best checkpoint paths).
+    local_rank: what `python -m torch.distributed.launch` passes as `--local-rank`; used only where the
+    environment has no LOCAL_RANK. Returns a TrainResult (run_dir, best_metric, last and best checkpoint paths).
     """
     from boxforge.config import make_config
     from boxforge.engine.fit import fit
 
     cfg = config if config is not None else make_config(dict(settings), config_file)
     cfg.validate()
-    return fit(cfg)
+    return fit(cfg, local_rank=local_rank)
 
 
 def evaluate(data, *, weights: str | Path | None = None, predictions: str | Path | None = None, **options):

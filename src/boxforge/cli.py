@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boxforge", description="Datasets in, detectors out. "
                                      "Run `boxforge COMMAND --help` for each command.")
     parser.add_argument("--version", action="version", version="boxforge 0.1.0")
+    _local_rank_arg(parser)  # where torch.distributed.launch puts it: before the subcommand
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check", help="find every problem that would crash or spoil training",
@@ -76,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_parsers(sub)
     _prepare_parser(sub)
     return parser
+
+
+def _local_rank_arg(p: argparse.ArgumentParser, shown: bool = False) -> None:
+    """`--local-rank=N` / `--local_rank=N`, as `python -m torch.distributed.launch` passes them (train only)."""
+    p.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=argparse.SUPPRESS,
+                   metavar="N", help="accepted from python -m torch.distributed.launch (without --use-env); "
+                   "used as LOCAL_RANK when the environment has none" if shown else argparse.SUPPRESS)
 
 
 def _prepare_parser(sub: argparse._SubParsersAction) -> None:
@@ -185,6 +193,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     cls.add_argument("--crop-scale", type=float, metavar="S", help="smallest area fraction RandomResizedCrop "
                      "keeps (default 0.08; raise it for small images)")
     p.add_argument("--config", type=Path, metavar="FILE.yaml", help="defaults for any of these settings")
+    _local_rank_arg(p, shown=True)
 
 
 def _plot_parser(sub: argparse._SubParsersAction) -> None:
@@ -329,9 +338,9 @@ def _run_export(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from boxforge.config import make_config
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "config", "local_rank")}
     cfg = make_config(settings, args.config)
-    result = api.train(cfg)
+    result = api.train(cfg, local_rank=getattr(args, "local_rank", None))
     best = (f", best {result.best_label} {result.best_metric:.4f} ({result.best})"
             if result.best_metric is not None else "")
     print(f"done: {result.global_step} steps, {result.epochs_done} epochs; last checkpoint {result.last}{best}")
@@ -414,6 +423,8 @@ COMMANDS["prepare"] = _run_prepare
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command != "train" and hasattr(args, "local_rank"):
+            raise BoxforgeError("--local-rank is for train (as torch.distributed.launch passes it)")
         return COMMANDS[args.command](args)
     except BoxforgeError as exc:
         print(f"boxforge {args.command}: error: {exc}", file=sys.stderr)

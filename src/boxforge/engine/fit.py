@@ -76,9 +76,13 @@ class State:
     nonfinite_total: int = 0
 
 
-def fit(cfg: TrainConfig) -> TrainResult:
-    """Train a detector or a classifier as `cfg` says; returns where the outputs are. See README "Training"."""
-    info = distributed.from_env()
+def fit(cfg: TrainConfig, *, local_rank: int | None = None) -> TrainResult:
+    """Train a detector or a classifier as `cfg` says; returns where the outputs are. See README "Training".
+
+    local_rank: torch.distributed.launch's `--local-rank`, for when the environment has no LOCAL_RANK
+    (a launch detail, not a setting: it is not part of `cfg`, so not in config.yaml or checkpoints).
+    """
+    info = distributed.from_env(local_rank)
     device = resolve_device(cfg.device, info)
     threads_note = set_threads(cfg, info, device)
     if cfg.keep_memory and device.type == "cpu":
