@@ -172,7 +172,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="auto|PATH", help="continue from the newest good checkpoint in OUT, or PATH")
     p.add_argument("--save-every", type=int, metavar="N", help="also save last.pt every N steps")
     p.add_argument("--snapshot-every", type=int, metavar="N", help="keep step-N.pt snapshots every N steps")
-    p.add_argument("--keep", type=int, metavar="K", help="snapshots to keep (default 3)")
+    p.add_argument("--snapshot-every-epochs", type=int, metavar="N", help="keep epoch-N.pt snapshots every N "
+                   "epochs (compare them with eval --weights 'OUT/epoch-*.pt')")
+    p.add_argument("--keep", type=int, metavar="K", help="snapshots of each kind (step-, epoch-) to keep (default 3)")
     p.add_argument("--val-every", type=int, metavar="N",
                    help="validate every N epochs (default: at epoch ends, about every 5%% of the run)")
     p.add_argument("--stall-timeout", type=float, metavar="SECONDS", help="watchdog limit (default 300)")

@@ -276,6 +276,7 @@ class _Loop:
                 state.epoch += 1
                 state.iteration = 0
                 self._save("last.pt")
+                self._epoch_snapshot()
                 if self.val_index is not None and self._validation_due():
                     self._validate()
             if self.val_index is not None and self.validated_at != state.global_step:
@@ -391,6 +392,14 @@ class _Loop:
             self._save(f"step-{state.global_step}.pt")
             if self.info.is_main:
                 ckpt.prune_snapshots(self.run_dir, cfg.keep)
+
+    def _epoch_snapshot(self) -> None:
+        """epoch-N.pt every --snapshot-every-epochs N epochs, the newest --keep of them kept."""
+        every = self.cfg.snapshot_every_epochs
+        if every and self.state.epoch % every == 0:
+            self._save(f"epoch-{self.state.epoch}.pt")
+            if self.info.is_main:
+                ckpt.prune_snapshots(self.run_dir, self.cfg.keep, kind="epoch")
 
     def _save(self, name: str) -> None:
         if not self.info.is_main:
