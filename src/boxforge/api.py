@@ -108,14 +108,15 @@ def predict(weights: str | Path, sources, **options):
     A classifier checkpoint or .onnx gives the top_k (default 5) classes with probabilities instead.
 
     options: out, score_thresh, iou_thresh, max_det, json_path, per_class_json, draw, batch_size, device,
-    workers, prefer_ema, progress. Returns a PredictReport.
+    workers, prefer_ema, progress, img_size (the input size to run at; classifiers: the crop size; default:
+    the model's own). Returns a PredictReport.
     """
     from boxforge.predicting import predict_sources
 
     if _task_of(weights) == "classify":  # top-k classes with probabilities instead of boxes
         from boxforge.classifying import predict_classes
 
-        keep = ("out", "top_k", "json_path", "batch_size", "device", "workers", "prefer_ema")
+        keep = ("out", "top_k", "json_path", "batch_size", "device", "workers", "prefer_ema", "img_size")
         return predict_classes(weights, [sources] if isinstance(sources, (str, Path)) else list(sources),
                                **{k: v for k, v in options.items() if k in keep})
     options.pop("top_k", None)

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from boxforge.checkpoint import load_checkpoint
 from boxforge.data.transforms import IMAGENET_MEAN, IMAGENET_STD, classification_transforms
 from boxforge.errors import BoxforgeError
-from boxforge.predictor import ModelBackend, ModelMeta, rebuild_checkpoint, resolve_device
+from boxforge.predictor import (ModelBackend, ModelMeta, check_img_size, check_onnx_size, rebuild_checkpoint,
+                                resolve_device)
 
 
 class ProbabilityModel(nn.Module):
@@ -64,11 +65,14 @@ def model_task(path: str | Path) -> str:
     return str(load_checkpoint(path).get("task", "detect"))
 
 
-def load_classifier(path: str | Path, device: str | torch.device = "cpu", *,
-                    prefer_ema: bool = True) -> tuple[ProbabilityModel, ModelMeta]:
-    """Rebuild a classification checkpoint (EMA weights by default, as validation used) in eval mode."""
+def load_classifier(path: str | Path, device: str | torch.device = "cpu", *, prefer_ema: bool = True,
+                    img_size: int | None = None) -> tuple[ProbabilityModel, ModelMeta]:
+    """Rebuild a classification checkpoint (EMA weights by default, as validation used) in eval mode.
+
+    img_size: the centre-crop size to run at (default: the checkpoint's); the model pools adaptively.
+    """
     path = Path(path)
-    model, state, chosen = rebuild_checkpoint(path, "classify", prefer_ema=prefer_ema)
+    model, state, chosen = rebuild_checkpoint(path, "classify", prefer_ema=prefer_ema, img_size=img_size)
     wrapped = ProbabilityModel(model).to(resolve_device(device)).eval()
     meta = ModelMeta(path, "checkpoint", state["model_name"], list(state["class_names"]),
                      int(state.get("img_size", model.img_size)), chosen)
@@ -128,15 +132,22 @@ ClassifierBackend = TorchClassifier | OnnxClassifier
 
 
 def load_classifier_backend(path: str | Path, device: str | torch.device | None = "cpu", *,
-                            prefer_ema: bool = True, threads: int | None = None) -> ClassifierBackend:
-    """A `.onnx` file runs with onnxruntime, anything else must be a boxforge classification checkpoint."""
+                            prefer_ema: bool = True, threads: int | None = None,
+                            img_size: int | None = None) -> ClassifierBackend:
+    """A `.onnx` file runs with onnxruntime, anything else must be a boxforge classification checkpoint.
+
+    img_size: the centre-crop size (default: the model's); an ONNX file runs only at its export's size.
+    """
     path = Path(path)
     if not path.is_file():
         raise BoxforgeError(f"{path}: no such file")
+    check_img_size(img_size)
     dev = resolve_device(device)
     with open(path, "rb") as fh:
         onnx_file = path.suffix.lower() == ".onnx" or fh.read(1) == b"\x08"
     if onnx_file:
-        return OnnxClassifier(path, dev, threads)
-    model, meta = load_classifier(path, dev, prefer_ema=prefer_ema)
+        backend = OnnxClassifier(path, dev, threads)
+        check_onnx_size(backend.session, path, img_size)
+        return backend
+    model, meta = load_classifier(path, dev, prefer_ema=prefer_ema, img_size=img_size)
     return TorchClassifier(model, meta, dev)

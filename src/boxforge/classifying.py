@@ -113,10 +113,11 @@ def _progress(i: int, total: int, last: dict[str, float], meter: TopKMeter, batc
 def evaluate_classifier(data: str | Path | Sequence[str | Path] | DatasetIndex, *, weights: str | Path,
                         split: str | None = None, format: str | None = None, batch_size: int = 32,
                         device: str = "auto", workers: int = 0, prefer_ema: bool = True, progress: bool = True,
-                        print_every: int = 100, stream: TextIO = sys.stdout) -> ClassifyEvalReport:
+                        print_every: int = 100, stream: TextIO | None = None) -> ClassifyEvalReport:
     """Loss, Acc@1, Acc@5, per-class accuracy and the confusion matrix of `weights` on DATA's split."""
     from boxforge.evaluating import default_split
 
+    stream = stream or sys.stdout  # looked up now: a default of sys.stdout would keep the one of import time
     start = time.perf_counter()
     if isinstance(data, DatasetIndex):
         index, name = data, str(data.root)
@@ -189,9 +190,11 @@ class ClassifyPredictReport:
 
 def predict_classes(weights: str | Path, sources: Sequence[str | Path], *, out: str | Path = "runs/predict",
                     top_k: int = 5, json_path: str | Path | None = None, batch_size: int = 32, device: str = "auto",
-                    workers: int = 0, prefer_ema: bool = True) -> ClassifyPredictReport:
+                    workers: int = 0, prefer_ema: bool = True, img_size: int | None = None) -> ClassifyPredictReport:
     """Top-k classes with probabilities for every image SOURCES name; written to OUT/predictions.json as
-    {"task": "classify", "classes", "top_k", "predictions": [{"image", "path", "top": [{"label", "score"}]}]}."""
+    {"task": "classify", "classes", "top_k", "predictions": [{"image", "path", "top": [{"label", "score"}]}]}.
+
+    img_size: the centre-crop size (short side resized to img_size / 0.875 first); default: the model's."""
     from boxforge.predicting import _write_json
     from boxforge.sources import resolve_sources
 
@@ -199,11 +202,13 @@ def predict_classes(weights: str | Path, sources: Sequence[str | Path], *, out: 
         raise BoxforgeError(f"--top-k {top_k!r}: allowed an integer >= 1")
     out = Path(out)
     items = resolve_sources(sources, exclude=out)
-    backend = load_classifier_backend(weights, device, prefer_ema=prefer_ema)
+    backend = load_classifier_backend(weights, device, prefer_ema=prefer_ema, img_size=img_size)
     classes = list(backend.classes)
     k = min(top_k, len(classes))
     report = ClassifyPredictReport(out, _describe(weights, backend), k, counts={c: 0 for c in classes},
                                    notes=list(backend.notes))
+    if img_size is not None:
+        report.notes.append(f"centre crop {backend.img_size} px (--img-size)")
     entries: list[dict[str, Any]] = []
     start = time.perf_counter()
     loader = make_loader(_Images([(path, 0) for _, path in items], backend.img_size), batch_size, workers=workers)

@@ -261,6 +261,8 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, metavar="FILE", help="predictions file (default OUT/predictions.json)")
     p.add_argument("--per-class-json", action="store_true", help="also OUT/per_class/<class>.json")
     p.add_argument("--top-k", type=int, default=5, help="classifiers: classes per image, with probabilities")
+    p.add_argument("--img-size", type=int, metavar="PX", help="input size to run at (default: the model's own; "
+                   "classifiers: the centre-crop size; an .onnx export only runs at the size it was exported at)")
     p.add_argument("--no-draw", action="store_true", help="do not write drawn images")
     _model_run_args(p)
 
@@ -323,7 +325,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     report = api.predict(args.weights, args.sources, out=args.out, score_thresh=args.score_thresh,
                          iou_thresh=args.iou_thresh, max_det=args.max_det, json_path=args.json,
                          per_class_json=args.per_class_json, draw=not args.no_draw, batch_size=args.batch_size,
-                         device=args.device, workers=args.workers, prefer_ema=not args.no_ema, top_k=args.top_k)
+                         device=args.device, workers=args.workers, prefer_ema=not args.no_ema, top_k=args.top_k,
+                         img_size=args.img_size)
     print(report.summary())
     return EXIT_PROBLEMS if report.skipped and not report.images else EXIT_OK
 
