@@ -76,24 +76,52 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
     return fit(cfg, local_rank=local_rank)
 
 
-def evaluate(data, *, weights: str | Path | None = None, predictions: str | Path | None = None, **options):
-    """mAP (VOC07, VOC12, COCO) of `weights` (checkpoint or .onnx, run on the images) or of a `predictions` file.
+def evaluate(data, *, weights: str | Path | list[str | Path] | None = None, predictions: str | Path | None = None,
+             model: str | None = None, **options):
+    """mAP (VOC07, VOC12, COCO) of `weights` (checkpoint or .onnx, run on the images) or of a `predictions` file;
+    Acc@1/Acc@5 for a classifier.
 
-    options: split, format, metrics ("all" or voc07/voc12/coco), iou_thresh, batch_size, device, workers,
+    weights: one file, several, or quoted globs (`runs/x/step-*.pt`): more than one gives a
+    ComparisonReport (one row each, the best marked; see comparing.py). model: a torchvision classifier
+    (mobilenet_v2, ...) whose named weights `weights` are (IMAGENET1K_V1; from the local hub cache only).
+    options: task, split, format, metrics ("all" or voc07/voc12/coco), iou_thresh, batch_size, device, workers,
     save_predictions_to, prefer_ema, progress, plots (a folder for PR curves and the table as PNG).
-    Returns an EvalReport (`.results`, `.to_json()`, `.plots`).
+    Returns an EvalReport (`.results`, `.to_json()`, `.plots`), a ClassifyEvalReport or a ComparisonReport.
     """
+    from boxforge.comparing import compare_checkpoints, expand_weights
     from boxforge.evaluating import evaluate as _evaluate
 
     task = options.pop("task", None)
-    if task == "classify" or (task is None and weights is not None and _task_of(weights) == "classify"):
+    if model is not None:
+        _check_pretrained(model, weights, predictions, task)
+    specs = expand_weights(weights, model=model) if weights is not None else []
+    if len(specs) > 1:
+        return compare_checkpoints(data, specs, task=task, model=model, **options)
+    weights = specs[0] if specs else None
+    if model is not None or task == "classify" or (task is None and weights is not None
+                                                   and _task_of(weights) == "classify"):
         from boxforge.classifying import evaluate_classifier
 
         if weights is None:
             raise BoxforgeError("eval --task classify needs --weights (a checkpoint or .onnx classifier)")
         keep = ("split", "format", "batch_size", "device", "workers", "prefer_ema", "progress")
-        return evaluate_classifier(data, weights=weights, **{k: v for k, v in options.items() if k in keep})
+        return evaluate_classifier(data, weights=weights, model=model,
+                                   **{k: v for k, v in options.items() if k in keep})
     return _evaluate(data, weights=weights, predictions=predictions, **options)
+
+
+def _check_pretrained(model: str, weights: object, predictions: object, task: str | None) -> None:
+    """`eval --model NAME --weights WEIGHT_NAME`: torchvision classifiers only, weights by name."""
+    from boxforge.models import MODEL_TASKS, models_for
+
+    if MODEL_TASKS.get(model) != "classify":
+        raise BoxforgeError(f"eval --model {model}: named torchvision weights are evaluated for classifiers only "
+                            f"({', '.join(models_for('classify'))}); a detector is evaluated from its checkpoint")
+    if task not in (None, "classify"):
+        raise BoxforgeError(f"--task {task} with --model {model}, a classifier")
+    if predictions is not None or weights is None:
+        raise BoxforgeError(f"eval --model {model} needs --weights NAME (a torchvision weight name such as "
+                            "IMAGENET1K_V1), not --predictions")
 
 
 def _task_of(weights: str | Path) -> str:

@@ -42,9 +42,12 @@ class ProbabilityModel(nn.Module):
         return self.model((images - self.mean) / self.std).float().softmax(dim=1)
 
 
-def preprocess(img_size: int) -> Any:
-    """uint8 (3, H, W) -> float32 (3, S, S) in 0..1: training's evaluation transform minus the normalisation."""
-    return classification_transforms(False, img_size, mean=None, std=None)  # type: ignore[arg-type]
+def preprocess(img_size: int, resize_size: int | None = None) -> Any:
+    """uint8 (3, H, W) -> float32 (3, S, S) in 0..1: training's evaluation transform minus the normalisation.
+
+    resize_size: the short side before the centre crop (default S / 0.875, e.g. 256 for 224).
+    """
+    return classification_transforms(False, img_size, resize_size=resize_size, mean=None, std=None)  # type: ignore[arg-type]
 
 
 def model_task(path: str | Path) -> str:
@@ -79,10 +82,43 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu", *, pre
     return wrapped, meta
 
 
+def load_pretrained_classifier(model_name: str, weights: str, device: str | torch.device | None = "cpu"
+                               ) -> TorchClassifier:
+    """torchvision's named ImageNet weights (`IMAGENET1K_V1`, ...) for `model_name`, as the reference's
+    `--weights NAME --test-only` evaluates them: read from the local torch hub cache only (never downloaded),
+    every tensor loaded, class names `weights.meta["categories"]` (1000, in sorted-WordNet-id order), and
+    the weights' own pre-processing (crop 224 after a resize to 256 for V1, 232 for V2 recipes)."""
+    from boxforge.models.classification import TORCHVISION_CLASSIFIERS, build_classifier
+    from boxforge.models.weights import named_weights_file
+
+    if model_name not in TORCHVISION_CLASSIFIERS:
+        raise BoxforgeError(f"--model {model_name!r} has no torchvision weights to evaluate; choose one of: "
+                            f"{', '.join(TORCHVISION_CLASSIFIERS)}")
+    enum = TORCHVISION_CLASSIFIERS[model_name][1]
+    file = named_weights_file(weights, enum=enum, model_name=model_name)  # the offline error lives there
+    member = enum[weights]
+    categories = list(member.meta["categories"])
+    net = build_classifier(model_name, num_classes=len(categories), weights=file, class_names=categories)
+    if net.transfer_report.reinitialised:
+        raise BoxforgeError(f"{file}: not the {model_name} {weights} weights: {net.transfer_report}")
+    transform = member.transforms()
+    crop, resize = int(transform.crop_size[0]), int(transform.resize_size[0])
+    net.img_size = crop
+    dev = resolve_device(device)
+    meta = ModelMeta(file, "torchvision weights", model_name, categories, crop, "",
+                     extra={"resize_size": resize, "weights_name": weights})
+    return TorchClassifier(ProbabilityModel(net).to(dev).eval(), meta, dev)
+
+
 class TorchClassifier(ModelBackend):
     def __init__(self, model: ProbabilityModel, meta: ModelMeta, device: torch.device) -> None:
         self.model, self.meta, self.device = model, meta, device
         self.notes: list[str] = []
+
+    @property
+    def resize_size(self) -> int | None:
+        """The short side before the centre crop, where the weights name one (else S / 0.875)."""
+        return self.meta.extra.get("resize_size")
 
     @torch.no_grad()
     def run(self, batch: Tensor) -> Tensor:

@@ -227,17 +227,27 @@ def _run_plot(args: argparse.Namespace) -> int:
 
 def _inference_parsers(sub: argparse._SubParsersAction) -> None:
     """eval, predict, export: the commands that use a trained model (checkpoint or exported ONNX)."""
+    from boxforge.models import models_for
     p = sub.add_parser("eval", help="mAP (VOC07, VOC12, COCO) of a model or a predictions file on a dataset",
                        description="Evaluate --weights (a boxforge checkpoint or exported .onnx, run on the images "
                                    "with score threshold 0.001 and 100 detections per image) or --predictions (a "
                                    "boxforge predictions file, or a COCO results list for COCO data; no image files "
-                                   "needed). Default split: test, else val, else every image.")
+                                   "needed). Several --weights (or quoted globs) are evaluated on the same images "
+                                   "and printed as one table, the best marked. Default split: test, else val, else "
+                                   "every image.")
     p.add_argument("--data", nargs="+", required=True, metavar="DATA", help="dataset folder or file")
     p.add_argument("--split", help="split name or a txt file of image ids (default: test, else val, else all)")
     p.add_argument("--format", choices=FORMATS, help="force the dataset format instead of detecting it")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", type=Path, metavar="CKPT_OR_ONNX")
+    source.add_argument("--weights", nargs="+", metavar="CKPT_OR_ONNX", help="one file, several, or quoted globs "
+                        "('runs/x/step-*.pt', sorted with numbers by value): several give one row each, the best "
+                        "marked (VOC12 mAP for detectors, Acc@1 for classifiers, as best.pt is chosen); with "
+                        "--model, torchvision weight names (IMAGENET1K_V1)")
     source.add_argument("--predictions", type=Path, metavar="FILE")
+    p.add_argument("--model", choices=models_for("classify"), help="evaluate torchvision's pretrained classifier "
+                   "without training: --weights is then a weight name (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT) read "
+                   "from the local torch hub cache only, never downloaded; classes by name, or by position when the "
+                   "dataset has as many (ImageNet's sorted WordNet-id folders)")
     p.add_argument("--metric", nargs="+", default=["all"], choices=("voc07", "voc12", "coco", "all"))
     p.add_argument("--task", choices=("detect", "classify"), help="default: what --weights holds; classify "
                    "reports loss, Acc@1, Acc@5 (per-class accuracy and the confusion matrix in --json)")
@@ -302,7 +312,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     from boxforge.evaluation import format_table
 
     data = args.data if len(args.data) > 1 else args.data[0]
-    report = api.evaluate(data, weights=args.weights, predictions=args.predictions, split=args.split,
+    weights = args.weights if args.weights is None or len(args.weights) > 1 else args.weights[0]
+    report = api.evaluate(data, weights=weights, predictions=args.predictions, model=args.model, split=args.split,
                           format=args.format, metrics=args.metric, iou_thresh=args.iou_thresh,
                           batch_size=args.batch_size, device=args.device, workers=args.workers,
                           save_predictions_to=args.save_predictions, prefer_ema=not args.no_ema,
@@ -311,7 +322,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     for reason in report.skipped[:10]:
         print(f"skipped: {reason}", file=sys.stderr)
     print(report.header())
-    print(report.table() if getattr(report, "task", "detect") == "classify" else format_table(report.results))
+    print(report.table() if hasattr(report, "table") else format_table(report.results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
