@@ -47,7 +47,8 @@ def preprocess(img_size: int, resize_size: int | None = None) -> Any:
 
     resize_size: the short side before the centre crop (default S / 0.875, e.g. 256 for 224).
     """
-    return classification_transforms(False, img_size, resize_size=resize_size, mean=None, std=None)  # type: ignore[arg-type]
+    return classification_transforms(False, img_size, resize_size=resize_size,
+                                     mean=None, std=None)  # type: ignore[arg-type]
 
 
 def model_task(path: str | Path) -> str:
