@@ -70,38 +70,68 @@ def synth(out: str | Path, *, images: int = 200, classes: int = 3, seed: int = 0
     return load_dataset(out)
 
 
-def train(config: TrainConfig | None = None, *, config_file: str | Path | None = None, **settings: object):
+def train(config: TrainConfig | None = None, *, config_file: str | Path | None = None,
+          local_rank: int | None = None, **settings: object):
     """Train a detector. `settings` are TrainConfig fields (data=..., model=..., epochs=...); see `boxforge train -h`.
 
-    Returns a TrainResult (run_dir, best_metric, last and best checkpoint paths).
+    local_rank: what `python -m torch.distributed.launch` passes as `--local-rank`; used only where the
+    environment has no LOCAL_RANK. Returns a TrainResult (run_dir, best_metric, last and best checkpoint paths).
     """
     from boxforge.config import make_config
     from boxforge.engine.fit import fit
 
     cfg = config if config is not None else make_config(dict(settings), config_file)
     cfg.validate()
-    return fit(cfg)
+    return fit(cfg, local_rank=local_rank)
 
 
-def evaluate(data, *, weights: str | Path | None = None, predictions: str | Path | None = None, **options):
-    """mAP (VOC07, VOC12, COCO) of `weights` (checkpoint or .onnx, run on the images) or of a `predictions` file.
+def evaluate(data, *, weights: str | Path | list[str | Path] | None = None, predictions: str | Path | None = None,
+             model: str | None = None, **options):
+    """mAP (VOC07, VOC12, COCO) of `weights` (checkpoint or .onnx, run on the images) or of a `predictions` file;
+    Acc@1/Acc@5 for a classifier.
 
-    options: split, format, metrics ("all" or voc07/voc12/coco), iou_thresh, batch_size, device, workers,
+    weights: one file, several, or quoted globs (`runs/x/step-*.pt`): more than one gives a
+    ComparisonReport (one row each, the best marked; see comparing.py). model: a torchvision classifier
+    (mobilenet_v2, ...) whose named weights `weights` are (IMAGENET1K_V1; from the local hub cache only).
+    options: task, split, format, metrics ("all" or voc07/voc12/coco), iou_thresh, batch_size, device, workers,
     save_predictions_to, prefer_ema, progress, plots (a folder for PR curves and the table as PNG),
     strict_classes (detections of classes the dataset lacks are an error, not ignored with a note).
-    Returns an EvalReport (`.results`, `.to_json()`, `.plots`).
+    Returns an EvalReport (`.results`, `.to_json()`, `.plots`), a ClassifyEvalReport or a ComparisonReport.
     """
+    from boxforge.comparing import compare_checkpoints, expand_weights
     from boxforge.evaluating import evaluate as _evaluate
 
     task = options.pop("task", None)
-    if task == "classify" or (task is None and weights is not None and _task_of(weights) == "classify"):
+    if model is not None:
+        _check_pretrained(model, weights, predictions, task)
+    specs = expand_weights(weights, model=model) if weights is not None else []
+    if len(specs) > 1:
+        return compare_checkpoints(data, specs, task=task, model=model, **options)
+    weights = specs[0] if specs else None
+    if model is not None or task == "classify" or (task is None and weights is not None
+                                                   and _task_of(weights) == "classify"):
         from boxforge.classifying import evaluate_classifier
 
         if weights is None:
             raise BoxforgeError("eval --task classify needs --weights (a checkpoint or .onnx classifier)")
         keep = ("split", "format", "batch_size", "device", "workers", "prefer_ema", "progress")
-        return evaluate_classifier(data, weights=weights, **{k: v for k, v in options.items() if k in keep})
+        return evaluate_classifier(data, weights=weights, model=model,
+                                   **{k: v for k, v in options.items() if k in keep})
     return _evaluate(data, weights=weights, predictions=predictions, **options)
+
+
+def _check_pretrained(model: str, weights: object, predictions: object, task: str | None) -> None:
+    """`eval --model NAME --weights WEIGHT_NAME`: torchvision classifiers only, weights by name."""
+    from boxforge.models import MODEL_TASKS, models_for
+
+    if MODEL_TASKS.get(model) != "classify":
+        raise BoxforgeError(f"eval --model {model}: named torchvision weights are evaluated for classifiers only "
+                            f"({', '.join(models_for('classify'))}); a detector is evaluated from its checkpoint")
+    if task not in (None, "classify"):
+        raise BoxforgeError(f"--task {task} with --model {model}, a classifier")
+    if predictions is not None or weights is None:
+        raise BoxforgeError(f"eval --model {model} needs --weights NAME (a torchvision weight name such as "
+                            "IMAGENET1K_V1), not --predictions")
 
 
 def _task_of(weights: str | Path) -> str:
@@ -116,14 +146,15 @@ def predict(weights: str | Path, sources, **options):
     A classifier checkpoint or .onnx gives the top_k (default 5) classes with probabilities instead.
 
     options: out, score_thresh, iou_thresh, max_det, json_path, per_class_json, draw, batch_size, device,
-    workers, prefer_ema, progress. Returns a PredictReport.
+    workers, prefer_ema, progress, img_size (the input size to run at; classifiers: the crop size; default:
+    the model's own). Returns a PredictReport.
     """
     from boxforge.predicting import predict_sources
 
     if _task_of(weights) == "classify":  # top-k classes with probabilities instead of boxes
         from boxforge.classifying import predict_classes
 
-        keep = ("out", "top_k", "json_path", "batch_size", "device", "workers", "prefer_ema")
+        keep = ("out", "top_k", "json_path", "batch_size", "device", "workers", "prefer_ema", "img_size")
         return predict_classes(weights, [sources] if isinstance(sources, (str, Path)) else list(sources),
                                **{k: v for k, v in options.items() if k in keep})
     options.pop("top_k", None)

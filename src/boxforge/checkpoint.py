@@ -29,6 +29,8 @@ from boxforge.errors import BoxforgeError
 
 CHECKPOINT_FORMAT = "boxforge-checkpoint-v1"
 _SNAPSHOT = re.compile(r"^step-(\d+)\.pt$")
+# Kept snapshots, by kind: step-N.pt (--snapshot-every N steps), epoch-N.pt (--snapshot-every-epochs N).
+SNAPSHOT_KINDS: tuple[str, ...] = ("step", "epoch")
 
 
 class CheckpointError(BoxforgeError):
@@ -136,15 +138,20 @@ def is_boxforge_checkpoint(state: dict[str, Any]) -> bool:
     return state.get("format") == CHECKPOINT_FORMAT and "model" in state
 
 
+def snapshots(run_dir: str | Path, kind: str = "step") -> list[Path]:
+    """`KIND-N.pt` files in `run_dir` (kind "step" or "epoch"), newest first (highest N)."""
+    if kind not in SNAPSHOT_KINDS:
+        raise ValueError(f"unknown snapshot kind {kind!r}; choose one of: {', '.join(SNAPSHOT_KINDS)}")
+    pattern = _SNAPSHOT if kind == "step" else re.compile(rf"^{kind}-(\d+)\.pt$")
+    found = [(int(m.group(1)), p) for p in Path(run_dir).glob(f"{kind}-*.pt") if (m := pattern.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
 def resume_candidates(run_dir: str | Path) -> list[Path]:
-    """Checkpoints in `run_dir` to resume from, newest progress first: last.pt, then step-N.pt by N."""
+    """Checkpoints in `run_dir` to resume from: last.pt, then step-N.pt by N, then epoch-N.pt by N (newest first)."""
     run_dir = Path(run_dir)
-    found = []
-    if (run_dir / "last.pt").is_file():
-        found.append(run_dir / "last.pt")
-    snaps = sorted((p for p in run_dir.glob("step-*.pt") if _SNAPSHOT.match(p.name)),
-                   key=lambda p: int(_SNAPSHOT.match(p.name).group(1)), reverse=True)  # type: ignore[union-attr]
-    return found + snaps
+    found = [run_dir / "last.pt"] if (run_dir / "last.pt").is_file() else []
+    return found + snapshots(run_dir, "step") + snapshots(run_dir, "epoch")
 
 
 def find_resume(run_dir: str | Path, log: Any = print) -> tuple[Path, dict[str, Any]] | None:
@@ -164,10 +171,12 @@ def find_resume(run_dir: str | Path, log: Any = print) -> tuple[Path, dict[str, 
     return best
 
 
-def prune_snapshots(run_dir: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` `step-N.pt` snapshots (our own files only); returns what was removed."""
-    snaps = [p for p in resume_candidates(run_dir) if p.name != "last.pt"]
-    removed = snaps[max(keep, 0):]
+def prune_snapshots(run_dir: str | Path, keep: int, kind: str = "step") -> list[Path]:
+    """Delete all but the newest `keep` `KIND-N.pt` snapshots (our own files only); returns what was removed.
+
+    Each kind is pruned on its own, so frequent step snapshots never push out the epoch ones.
+    """
+    removed = snapshots(run_dir, kind)[max(keep, 0):]
     for p in removed:
         _remove_quietly(p)
     return removed

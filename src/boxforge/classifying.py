@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from boxforge.classifier import ClassifierBackend, load_classifier_backend, preprocess
+from boxforge.classifier import ClassifierBackend, load_classifier_backend, load_pretrained_classifier, preprocess
 from boxforge.data.formats.detect import load_dataset
 from boxforge.data.index import DatasetIndex
 from boxforge.data.loading import make_loader, read_image
@@ -35,8 +35,8 @@ _READ_ERRORS = (OSError, ValueError, RuntimeError, BoxforgeError)
 class _Images(Dataset):
     """(image (3, S, S) float 0..1, label, error) per file; a bad file gives zeros and its error, never raises."""
 
-    def __init__(self, items: list[tuple[Path, int]], img_size: int) -> None:
-        self.items, self.size, self.transform = items, img_size, preprocess(img_size)
+    def __init__(self, items: list[tuple[Path, int]], img_size: int, resize_size: int | None = None) -> None:
+        self.items, self.size, self.transform = items, img_size, preprocess(img_size, resize_size)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -89,11 +89,22 @@ class ClassifyEvalReport:
 
 
 def _label_map(index: DatasetIndex, classes: list[str], weights: str | Path, notes: list[str]) -> np.ndarray:
-    """Dataset label -> model label (-1: the model does not know that class)."""
+    """Dataset label -> model label (-1: the model does not know that class).
+
+    By name when the two share any class name. When they share none but have as many classes, by
+    position, as torchvision's ImageNet reference does: ImageFolder's sorted WordNet-id folders
+    (n01440764, ...) are the order of the 1000 outputs, whose names are "tench", ... Otherwise an error.
+    """
     mapping = np.array([classes.index(c) if c in classes else -1 for c in index.classes], np.int64)
     if (mapping < 0).all():
-        raise BoxforgeError(f"{weights}: the model's classes ({', '.join(classes[:5])}, ...) share no name with "
-                            f"the dataset's ({', '.join(index.classes[:5])}, ...)")
+        if len(index.classes) != len(classes):
+            raise BoxforgeError(f"{weights}: the model's {len(classes)} classes ({', '.join(classes[:5])}, ...) share "
+                                f"no name with the dataset's {len(index.classes)} ({', '.join(index.classes[:5])}, "
+                                "...), and the counts differ, so they cannot be matched by position either")
+        notes.append(f"the dataset's class names ({', '.join(index.classes[:2])}, ...) are not the model's "
+                     f"({', '.join(classes[:2])}, ...); matched by position, as both have {len(classes)}: dataset "
+                     "class i (sorted folder order for ImageFolder) is model output i")
+        return np.arange(len(classes), dtype=np.int64)
     unknown = [c for c, m in zip(index.classes, mapping) if m < 0]
     if unknown:
         notes.append(f"{len(unknown)} dataset classes are unknown to the model ({', '.join(unknown[:5])}); "
@@ -111,12 +122,18 @@ def _progress(i: int, total: int, last: dict[str, float], meter: TopKMeter, batc
 
 
 def evaluate_classifier(data: str | Path | Sequence[str | Path] | DatasetIndex, *, weights: str | Path,
-                        split: str | None = None, format: str | None = None, batch_size: int = 32,
-                        device: str = "auto", workers: int = 0, prefer_ema: bool = True, progress: bool = True,
-                        print_every: int = 100, stream: TextIO = sys.stdout) -> ClassifyEvalReport:
-    """Loss, Acc@1, Acc@5, per-class accuracy and the confusion matrix of `weights` on DATA's split."""
+                        model: str | None = None, split: str | None = None, format: str | None = None,
+                        batch_size: int = 32, device: str = "auto", workers: int = 0, prefer_ema: bool = True,
+                        progress: bool = True, print_every: int = 100,
+                        stream: TextIO | None = None) -> ClassifyEvalReport:
+    """Loss, Acc@1, Acc@5, per-class accuracy and the confusion matrix of `weights` on DATA's split.
+
+    weights: a classification checkpoint or .onnx; with `model`, a torchvision weight name for that
+    model (IMAGENET1K_V1, ...), read from the local torch hub cache (`load_pretrained_classifier`).
+    """
     from boxforge.evaluating import default_split
 
+    stream = stream or sys.stdout  # looked up now: a default of sys.stdout would keep the one of import time
     start = time.perf_counter()
     if isinstance(data, DatasetIndex):
         index, name = data, str(data.root)
@@ -128,13 +145,14 @@ def evaluate_classifier(data: str | Path | Sequence[str | Path] | DatasetIndex, 
     if index.task != "classify":
         raise BoxforgeError(f"{name}: a {index.task} dataset; eval --task classify needs class folders or an "
                             "imagenet_txt list")
-    backend = load_classifier_backend(weights, device, prefer_ema=prefer_ema)
+    backend = (load_pretrained_classifier(model, str(weights), device) if model is not None
+               else load_classifier_backend(weights, device, prefer_ema=prefer_ema))
     notes = list(backend.notes)
     mapping = _label_map(index, backend.classes, weights, notes)
     items = [(s.image_path, int(mapping[s.label])) for s in index.samples if s.image_path and mapping[s.label] >= 0]
     meter = TopKMeter(backend.classes)
     report = ClassifyEvalReport(meter, name, index.split, _describe(weights, backend), notes=notes)
-    loader = make_loader(_Images(items, backend.img_size), batch_size, workers=workers)
+    loader = make_loader(_Images(items, backend.img_size, backend.resize_size), batch_size, workers=workers)
     total, tick, began = len(loader), time.perf_counter(), time.perf_counter()
     dev = getattr(backend, "device", torch.device("cpu"))
     for i, (images, labels, errors) in enumerate(loader, start=1):
@@ -158,6 +176,8 @@ def evaluate_classifier(data: str | Path | Sequence[str | Path] | DatasetIndex, 
 def _describe(weights: str | Path, backend: ClassifierBackend) -> str:
     meta = backend.meta
     where = f"{meta.kind}, {meta.weights} weights" if meta.weights else meta.kind
+    if "weights_name" in meta.extra:  # torchvision's named weights: say which file was read
+        where = f"{meta.kind} from {meta.source}"
     return f"{Path(weights).name} ({meta.model_name}, {where})"
 
 
@@ -189,9 +209,11 @@ class ClassifyPredictReport:
 
 def predict_classes(weights: str | Path, sources: Sequence[str | Path], *, out: str | Path = "runs/predict",
                     top_k: int = 5, json_path: str | Path | None = None, batch_size: int = 32, device: str = "auto",
-                    workers: int = 0, prefer_ema: bool = True) -> ClassifyPredictReport:
+                    workers: int = 0, prefer_ema: bool = True, img_size: int | None = None) -> ClassifyPredictReport:
     """Top-k classes with probabilities for every image SOURCES name; written to OUT/predictions.json as
-    {"task": "classify", "classes", "top_k", "predictions": [{"image", "path", "top": [{"label", "score"}]}]}."""
+    {"task": "classify", "classes", "top_k", "predictions": [{"image", "path", "top": [{"label", "score"}]}]}.
+
+    img_size: the centre-crop size (short side resized to img_size / 0.875 first); default: the model's."""
     from boxforge.predicting import _write_json
     from boxforge.sources import resolve_sources
 
@@ -199,14 +221,17 @@ def predict_classes(weights: str | Path, sources: Sequence[str | Path], *, out: 
         raise BoxforgeError(f"--top-k {top_k!r}: allowed an integer >= 1")
     out = Path(out)
     items = resolve_sources(sources, exclude=out)
-    backend = load_classifier_backend(weights, device, prefer_ema=prefer_ema)
+    backend = load_classifier_backend(weights, device, prefer_ema=prefer_ema, img_size=img_size)
     classes = list(backend.classes)
     k = min(top_k, len(classes))
     report = ClassifyPredictReport(out, _describe(weights, backend), k, counts={c: 0 for c in classes},
                                    notes=list(backend.notes))
+    if img_size is not None:
+        report.notes.append(f"centre crop {backend.img_size} px (--img-size)")
     entries: list[dict[str, Any]] = []
     start = time.perf_counter()
-    loader = make_loader(_Images([(path, 0) for _, path in items], backend.img_size), batch_size, workers=workers)
+    loader = make_loader(_Images([(path, 0) for _, path in items], backend.img_size, backend.resize_size), batch_size,
+                         workers=workers)
     done = 0
     for images, _, errors in loader:
         batch = items[done:done + len(errors)]

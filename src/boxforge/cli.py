@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boxforge", description="Datasets in, detectors out. "
                                      "Run `boxforge COMMAND --help` for each command.")
     parser.add_argument("--version", action="version", version="boxforge 0.1.0")
+    _local_rank_arg(parser)  # where torch.distributed.launch puts it: before the subcommand
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check", help="find every problem that would crash or spoil training",
@@ -95,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_parsers(sub)
     _prepare_parser(sub)
     return parser
+
+
+def _local_rank_arg(p: argparse.ArgumentParser, shown: bool = False) -> None:
+    """`--local-rank=N` / `--local_rank=N`, as `python -m torch.distributed.launch` passes them (train only)."""
+    p.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=argparse.SUPPRESS,
+                   metavar="N", help="accepted from python -m torch.distributed.launch (without --use-env); "
+                   "used as LOCAL_RANK when the environment has none" if shown else argparse.SUPPRESS)
 
 
 def _prepare_parser(sub: argparse._SubParsersAction) -> None:
@@ -196,7 +204,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="auto|PATH", help="continue from the newest good checkpoint in OUT, or PATH")
     p.add_argument("--save-every", type=int, metavar="N", help="also save last.pt every N steps")
     p.add_argument("--snapshot-every", type=int, metavar="N", help="keep step-N.pt snapshots every N steps")
-    p.add_argument("--keep", type=int, metavar="K", help="snapshots to keep (default 3)")
+    p.add_argument("--snapshot-every-epochs", type=int, metavar="N", help="keep epoch-N.pt snapshots every N "
+                   "epochs (compare them with eval --weights 'OUT/epoch-*.pt')")
+    p.add_argument("--keep", type=int, metavar="K", help="snapshots of each kind (step-, epoch-) to keep (default 3)")
     p.add_argument("--val-every", type=int, metavar="N",
                    help="validate every N epochs (default: at epoch ends, about every 5%% of the run)")
     p.add_argument("--stall-timeout", type=float, metavar="SECONDS", help="watchdog limit (default 300)")
@@ -217,6 +227,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     cls.add_argument("--crop-scale", type=float, metavar="S", help="smallest area fraction RandomResizedCrop "
                      "keeps (default 0.08; raise it for small images)")
     p.add_argument("--config", type=Path, metavar="FILE.yaml", help="defaults for any of these settings")
+    _local_rank_arg(p, shown=True)
 
 
 def _plot_parser(sub: argparse._SubParsersAction) -> None:
@@ -248,20 +259,30 @@ def _run_plot(args: argparse.Namespace) -> int:
 
 def _inference_parsers(sub: argparse._SubParsersAction) -> None:
     """eval, predict, export: the commands that use a trained model (checkpoint or exported ONNX)."""
+    from boxforge.models import models_for
     p = sub.add_parser("eval", help="mAP (VOC07, VOC12, COCO) of a model or a predictions file on a dataset",
                        description="Evaluate --weights (a boxforge checkpoint or exported .onnx, run on the images "
                                    "with score threshold 0.001 and 100 detections per image) or --predictions (a "
                                    "boxforge predictions file, or a COCO results list for COCO data; no image files "
                                    "needed). On COCO data the ground truth is the annotation file itself, so the COCO "
                                    "numbers (and the 12-line block printed after the table) are pycocotools' own. "
-                                   "Default split: test, else val (VOC2007/test for a VOCdevkit), else every image.")
+                                   "Several --weights (or quoted globs) are evaluated on the same images and printed "
+                                   "as one table, the best marked. Default split: test, else val (VOC2007/test for a "
+                                   "VOCdevkit), else every image.")
     p.add_argument("--data", nargs="+", required=True, metavar="DATA", help="dataset folder or file")
     p.add_argument("--split", help="split name (`VOC2007/test`, `val2017`, `a+b` for several) or a txt file of "
                    "image ids (default: the split policy's: test, else val; VOC2007/test for a VOCdevkit)")
     p.add_argument("--format", choices=FORMATS, help="force the dataset format instead of detecting it")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", type=Path, metavar="CKPT_OR_ONNX")
+    source.add_argument("--weights", nargs="+", metavar="CKPT_OR_ONNX", help="one file, several, or quoted globs "
+                        "('runs/x/step-*.pt', sorted with numbers by value): several give one row each, the best "
+                        "marked (VOC12 mAP for detectors, Acc@1 for classifiers, as best.pt is chosen); with "
+                        "--model, torchvision weight names (IMAGENET1K_V1)")
     source.add_argument("--predictions", type=Path, metavar="FILE")
+    p.add_argument("--model", choices=models_for("classify"), help="evaluate torchvision's pretrained classifier "
+                   "without training: --weights is then a weight name (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT) read "
+                   "from the local torch hub cache only, never downloaded; classes by name, or by position when the "
+                   "dataset has as many (ImageNet's sorted WordNet-id folders)")
     p.add_argument("--metric", nargs="+", default=["all"], choices=("voc07", "voc12", "coco", "all"))
     p.add_argument("--task", choices=("detect", "classify"), help="default: what --weights holds; classify "
                    "reports loss, Acc@1, Acc@5 (per-class accuracy and the confusion matrix in --json)")
@@ -288,6 +309,8 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, metavar="FILE", help="predictions file (default OUT/predictions.json)")
     p.add_argument("--per-class-json", action="store_true", help="also OUT/per_class/<class>.json")
     p.add_argument("--top-k", type=int, default=5, help="classifiers: classes per image, with probabilities")
+    p.add_argument("--img-size", type=int, metavar="PX", help="input size to run at (default: the model's own; "
+                   "classifiers: the centre-crop size; an .onnx export only runs at the size it was exported at)")
     p.add_argument("--no-draw", action="store_true", help="do not write drawn images")
     _model_run_args(p)
 
@@ -327,7 +350,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     from boxforge.evaluation import format_table
 
     data = args.data if len(args.data) > 1 else args.data[0]
-    report = api.evaluate(data, weights=args.weights, predictions=args.predictions, split=args.split,
+    weights = args.weights if args.weights is None or len(args.weights) > 1 else args.weights[0]
+    report = api.evaluate(data, weights=weights, predictions=args.predictions, model=args.model, split=args.split,
                           format=args.format, metrics=args.metric, iou_thresh=args.iou_thresh,
                           batch_size=args.batch_size, device=args.device, workers=args.workers,
                           save_predictions_to=args.save_predictions, prefer_ema=not args.no_ema,
@@ -336,7 +360,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     for reason in report.skipped[:10]:
         print(f"skipped: {reason}", file=sys.stderr)
     print(report.header())
-    if getattr(report, "task", "detect") == "classify":
+    if hasattr(report, "table"):  # a classifier's report, or several checkpoints compared
         print(report.table())
     else:
         print(format_table(report.results))
@@ -357,7 +381,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     report = api.predict(args.weights, args.sources, out=args.out, score_thresh=args.score_thresh,
                          iou_thresh=args.iou_thresh, max_det=args.max_det, json_path=args.json,
                          per_class_json=args.per_class_json, draw=not args.no_draw, batch_size=args.batch_size,
-                         device=args.device, workers=args.workers, prefer_ema=not args.no_ema, top_k=args.top_k)
+                         device=args.device, workers=args.workers, prefer_ema=not args.no_ema, top_k=args.top_k,
+                         img_size=args.img_size)
     print(report.summary())
     return EXIT_PROBLEMS if report.skipped and not report.images else EXIT_OK
 
@@ -374,9 +399,9 @@ def _run_export(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from boxforge.config import make_config
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "config", "local_rank")}
     cfg = make_config(settings, args.config)
-    result = api.train(cfg)
+    result = api.train(cfg, local_rank=getattr(args, "local_rank", None))
     best = (f", best {result.best_label} {result.best_metric:.4f} ({result.best})"
             if result.best_metric is not None else "")
     print(f"done: {result.global_step} steps, {result.epochs_done} epochs; last checkpoint {result.last}{best}")
@@ -459,6 +484,8 @@ COMMANDS["prepare"] = _run_prepare
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command != "train" and hasattr(args, "local_rank"):
+            raise BoxforgeError("--local-rank is for train (as torch.distributed.launch passes it)")
         return COMMANDS[args.command](args)
     except BoxforgeError as exc:
         print(f"boxforge {args.command}: error: {exc}", file=sys.stderr)

@@ -61,6 +61,7 @@ class TrainConfig:
     resume: str | None = None
     save_every: int = 0  # iterations between last.pt saves inside an epoch (0: only at epoch end)
     snapshot_every: int = 0  # iterations between kept step-N.pt snapshots (0: none)
+    snapshot_every_epochs: int = 0  # epochs between kept epoch-N.pt snapshots (0: none)
     keep: int = 3
     val_every: int | None = None  # epochs; None: each epoch ending 5% of the run after the last validation
     stall_timeout: float = 300.0
@@ -126,6 +127,8 @@ class TrainConfig:
             raise BoxforgeError(f"--threads {self.threads!r}; allowed: an integer >= 1 or auto")
         if self.freeze not in (None, "backbone"):
             raise BoxforgeError(f"--freeze {self.freeze!r}; the only choice is: backbone")
+        if self.snapshot_every < 0 or self.snapshot_every_epochs < 0:
+            raise BoxforgeError("--snapshot-every and --snapshot-every-epochs must be >= 0 (0: no snapshots)")
         for name in ("batch_size", "accumulate", "keep", "val_every", "log_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise BoxforgeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

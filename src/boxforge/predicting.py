@@ -104,18 +104,21 @@ def predict_sources(weights: str | Path, sources: Sequence[str | Path], *, out: 
                     score_thresh: float = 0.5, iou_thresh: float = 0.45, max_det: int = 100,
                     json_path: str | Path | None = None, per_class_json: bool = False, draw: bool = True,
                     batch_size: int = 8, device: str = "auto", workers: int = 0, prefer_ema: bool = True,
-                    progress: bool = True) -> PredictReport:
+                    progress: bool = True, img_size: int | None = None) -> PredictReport:
     """Detect objects in every image SOURCES name (files, folders, globs); see the module docstring for outputs.
 
     json_path: where the predictions file goes (default OUT/predictions.json).
+    img_size: the input size to run at (default: the model's own; an ONNX file only takes its export's).
     """
     out = Path(out)
     items = resolve_sources(sources, exclude=out)
     backend = load_backend(weights, device, score_thresh=score_thresh, iou_thresh=iou_thresh, max_det=max_det,
-                           prefer_ema=prefer_ema)
+                           prefer_ema=prefer_ema, img_size=img_size)
     classes = list(backend.classes)
     report = PredictReport(out, f"{Path(weights).name} ({backend.meta.model_name}, {backend.meta.kind})",
                            counts={name: 0 for name in classes}, notes=list(backend.notes))
+    if img_size is not None:
+        report.notes.append(f"input size {backend.img_size} px (--img-size)")
     entries: list[dict[str, Any]] = []
     images: list[dict[str, Any]] = []
     per_class: list[list[dict[str, Any]]] = [[] for _ in classes]

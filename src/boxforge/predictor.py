@@ -56,13 +56,22 @@ def ema_state_dict(ema: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k[len(EMA_PREFIX):]: v for k, v in ema.items() if k.startswith(EMA_PREFIX)}
 
 
-def rebuild_checkpoint(path: str | Path, task: str, *,
-                       prefer_ema: bool = True) -> tuple[torch.nn.Module, dict[str, Any], str]:
+def check_img_size(img_size: int | None) -> None:
+    """--img-size to run at: None (the model's own) or an integer >= 32, as training allows."""
+    if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 32):
+        raise BoxforgeError(f"--img-size {img_size!r}: allowed an integer >= 32 (default: the model's own)")
+
+
+def rebuild_checkpoint(path: str | Path, task: str, *, prefer_ema: bool = True,
+                       img_size: int | None = None) -> tuple[torch.nn.Module, dict[str, Any], str]:
     """`get_model(model_name, **build_args)` + the checkpoint's weights (EMA when kept and preferred).
 
-    Returns (model, checkpoint dict, "ema" or "model"). Raises one-line errors for files that are not
+    img_size: build for this input size instead of the checkpoint's (the weights do not depend on it;
+    the input resize and the default boxes follow it). Returns (model, checkpoint dict, "ema" or
+    "model"); the dict's "img_size" is the size built. Raises one-line errors for files that are not
     boxforge checkpoints of `task` ("detect" or "classify"): plain state dicts, ONNX files, anything unreadable.
     """
+    check_img_size(img_size)
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         raise BoxforgeError(f"{path}: is an ONNX model; use load_backend() to run it")
@@ -84,10 +93,14 @@ def rebuild_checkpoint(path: str | Path, task: str, *,
     if found != task:
         needs = "eval, predict and export need a detector" if task == "detect" else "not a classifier"
         raise CheckpointError(f"{path}: a {found} checkpoint; {needs}")
+    build_args = dict(state["build_args"], **({"img_size": img_size} if img_size is not None else {}))
     try:
-        model = get_model(state["model_name"], **dict(state["build_args"]))
+        model = get_model(state["model_name"], **build_args)
     except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: cannot rebuild {state['model_name']!r}: {exc}") from exc
+        at = f" at --img-size {img_size}" if img_size is not None else ""
+        raise CheckpointError(f"{path}: cannot rebuild {state['model_name']!r}{at}: {exc}") from exc
+    if img_size is not None:
+        state = {**state, "img_size": img_size}
     weights, chosen = state["model"], "model"
     if prefer_ema and isinstance(state.get("ema"), dict) and state["ema"]:
         weights, chosen = ema_state_dict(state["ema"]), "ema"
@@ -100,14 +113,15 @@ def rebuild_checkpoint(path: str | Path, task: str, *,
     return model, state, chosen
 
 
-def load_detector(path: str | Path, device: str | torch.device = "cpu", *,
-                  prefer_ema: bool = True) -> tuple[torch.nn.Module, ModelMeta]:
+def load_detector(path: str | Path, device: str | torch.device = "cpu", *, prefer_ema: bool = True,
+                  img_size: int | None = None) -> tuple[torch.nn.Module, ModelMeta]:
     """Rebuild a boxforge detection checkpoint in eval mode (see `rebuild_checkpoint`).
 
-    device: "cpu", "cuda", "auto", ... Returns (Detector on `device`, ModelMeta).
+    device: "cpu", "cuda", "auto", ... img_size: run at this input size (default: the checkpoint's).
+    Returns (Detector on `device`, ModelMeta).
     """
     path = Path(path)
-    model, state, chosen = rebuild_checkpoint(path, "detect", prefer_ema=prefer_ema)
+    model, state, chosen = rebuild_checkpoint(path, "detect", prefer_ema=prefer_ema, img_size=img_size)
     model.to(resolve_device(device)).eval()
     meta = ModelMeta(path, "checkpoint", state["model_name"], list(state["class_names"]),
                      int(state.get("img_size", model.img_size)), chosen, model.postprocess_settings())
@@ -241,23 +255,38 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
 
 def load_backend(path: str | Path, device: str | torch.device | None = "cpu", *, score_thresh: float | None = None,
                  iou_thresh: float | None = None, max_det: int | None = None, prefer_ema: bool = True,
-                 threads: int | None = None) -> Backend:
+                 threads: int | None = None, img_size: int | None = None) -> Backend:
     """A `.onnx` file runs with onnxruntime, anything else must be a boxforge checkpoint (run with PyTorch).
 
     score_thresh, iou_thresh (NMS), max_det: post-processing; None keeps the model's own.
+    img_size: the input size to run at (default: the model's own); an ONNX file runs only at its export's size.
     """
     path = Path(path)
     if not path.is_file():
         raise BoxforgeError(f"{path}: no such file")
     check_postprocess(score_thresh, iou_thresh, max_det)
+    check_img_size(img_size)
     dev = resolve_device(device)
     if path.suffix.lower() == ".onnx" or _looks_like_onnx(path):
         backend: Backend = OnnxBackend(path, dev, threads)
+        check_onnx_size(backend.session, path, img_size)
     else:
-        model, meta = load_detector(path, dev, prefer_ema=prefer_ema)
+        model, meta = load_detector(path, dev, prefer_ema=prefer_ema, img_size=img_size)
         backend = TorchBackend(model, meta, dev)
     backend.configure(score_thresh=score_thresh, iou_thresh=iou_thresh, max_det=max_det)
     return backend
+
+
+def check_onnx_size(session: Any, path: Path, img_size: int | None) -> None:
+    """Refuse an --img-size that an exported graph's fixed (B, 3, S, S) input cannot take."""
+    if img_size is None:
+        return
+    dims = session.get_inputs()[0].shape[2:]
+    fixed = [d for d in dims if isinstance(d, int)]
+    if fixed and any(d != img_size for d in fixed):
+        shown = " x ".join(map(str, dims))
+        raise BoxforgeError(f"{path}: exported for a fixed {shown} input; --img-size {img_size} cannot run it "
+                            f"(leave --img-size out, or export again with --img-size {img_size})")
 
 
 def check_postprocess(score_thresh: float | None, iou_thresh: float | None, max_det: int | None) -> None:

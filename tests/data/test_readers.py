@@ -42,7 +42,7 @@ def test_unknown_split_names_the_offered_ones():
 
 LOADABLE = {
     "voc_dataset/voc_dataset1": ("voc", 2, 2),
-    "voc_dataset/voc_dataset2": ("voc", 5, 4),
+    "voc_dataset/voc_dataset2": ("voc", 5, 3),  # labelmap.txt: background is no class
     "voc_dataset/voc_dataset3": ("voc", 1, 1),
     "coco_dataset/coco": ("coco", 2, 3),
     "coco_dataset/coco_instances": ("coco", 2, 3),
@@ -95,7 +95,7 @@ def test_voc_sample_details():
     assert s.truncated.tolist() == [True, False]
     assert s.boxes.tolist() == [[1, 2, 3, 4], [4, 5, 6, 7]]  # the part's box is ignored
     labelmap = load_dataset(SAMPLES / "voc_dataset/voc_dataset2")
-    assert labelmap.classes[:3] == ["background", "aeroplane", "bicycle"] and len(labelmap.classes) == 22
+    assert labelmap.classes[:2] == ["aeroplane", "bicycle"] and len(labelmap.classes) == 21  # no "background"
 
 
 def test_coco_gapped_ids_crowd_and_missing_images(tmp_path):

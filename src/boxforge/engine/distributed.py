@@ -35,11 +35,20 @@ class DistInfo:
         return self.rank == 0
 
 
-def from_env() -> DistInfo:
+def from_env(local_rank: int | None = None) -> DistInfo:
+    """Rank, local rank and world size from torchrun's environment (one process without WORLD_SIZE).
+
+    local_rank: the `--local-rank=N` (or `--local_rank=N`) that `python -m torch.distributed.launch`
+    passes on the command line when --use-env is not given; it stands in for LOCAL_RANK when the
+    environment lacks it (the environment wins when both are there).
+    """
+    if local_rank is not None and (isinstance(local_rank, bool) or not isinstance(local_rank, int) or local_rank < 0):
+        raise BoxforgeError(f"--local-rank {local_rank!r}: allowed an integer >= 0")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    return DistInfo(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world)
+    local = os.environ.get("LOCAL_RANK")
+    return DistInfo(int(os.environ.get("RANK", "0")), int(local) if local is not None else (local_rank or 0), world)
 
 
 def init(info: DistInfo, device: torch.device, timeout_s: float) -> None:

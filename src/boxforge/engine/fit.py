@@ -79,9 +79,13 @@ class State:
     nonfinite_total: int = 0
 
 
-def fit(cfg: TrainConfig) -> TrainResult:
-    """Train a detector or a classifier as `cfg` says; returns where the outputs are. See README "Training"."""
-    info = distributed.from_env()
+def fit(cfg: TrainConfig, *, local_rank: int | None = None) -> TrainResult:
+    """Train a detector or a classifier as `cfg` says; returns where the outputs are. See README "Training".
+
+    local_rank: torch.distributed.launch's `--local-rank`, for when the environment has no LOCAL_RANK
+    (a launch detail, not a setting: it is not part of `cfg`, so not in config.yaml or checkpoints).
+    """
+    info = distributed.from_env(local_rank)
     device = resolve_device(cfg.device, info)
     threads_note = set_threads(cfg, info, device)
     if cfg.keep_memory and device.type == "cpu":
@@ -283,6 +287,7 @@ class _Loop:
                 state.epoch += 1
                 state.iteration = 0
                 self._save("last.pt")
+                self._epoch_snapshot()
                 if self.val_index is not None and self._validation_due():
                     self._validate()
             if self.val_index is not None and self.validated_at != state.global_step:
@@ -401,6 +406,14 @@ class _Loop:
             self._save(f"step-{state.global_step}.pt")
             if self.info.is_main:
                 ckpt.prune_snapshots(self.run_dir, cfg.keep)
+
+    def _epoch_snapshot(self) -> None:
+        """epoch-N.pt every --snapshot-every-epochs N epochs, the newest --keep of them kept."""
+        every = self.cfg.snapshot_every_epochs
+        if every and self.state.epoch % every == 0:
+            self._save(f"epoch-{self.state.epoch}.pt")
+            if self.info.is_main:
+                ckpt.prune_snapshots(self.run_dir, self.cfg.keep, kind="epoch")
 
     def _save(self, name: str) -> None:
         if not self.info.is_main:

@@ -27,7 +27,6 @@ import torch
 from boxforge.errors import BoxforgeError
 from boxforge.export.graph import ExportableSSD
 from boxforge.export.parity import ParityReport, check_parity
-from boxforge.models import get_model
 from boxforge.predictor import ModelMeta, load_detector
 
 DEFAULT_OPSET = 17
@@ -65,18 +64,6 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def _rebuild_at(model: torch.nn.Module, meta: ModelMeta, img_size: int) -> torch.nn.Module:
-    """The same weights in the architecture built for `img_size` (anchors and input size follow it)."""
-    args = dict(model.build_args, img_size=img_size)
-    try:
-        resized = get_model(meta.model_name, **args)
-    except ValueError as exc:
-        raise ExportError(f"--img-size {img_size}: {exc}") from exc
-    resized.load_state_dict(model.state_dict())
-    resized.set_postprocess(**model.postprocess_settings())
-    return resized.eval()
-
-
 def export_onnx(weights: str | Path, out: str | Path, *, img_size: int | None = None, opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = False, score_thresh: float = 0.001, iou_thresh: float | None = None,
                 max_det: int = 100, check_images: list[str | Path] | None = None, check: bool = True,
@@ -92,10 +79,8 @@ def export_onnx(weights: str | Path, out: str | Path, *, img_size: int | None = 
     if not 0.0 <= score_thresh < 1.0 or max_det < 1:
         raise ExportError(f"score_thresh {score_thresh} must be in [0, 1) and max_det {max_det} >= 1")
     out = Path(out)
-    model, meta = load_detector(weights, "cpu", prefer_ema=prefer_ema)
-    size = int(img_size or meta.img_size)
-    if size != model.img_size:
-        model = _rebuild_at(model, meta, size)
+    model, meta = load_detector(weights, "cpu", prefer_ema=prefer_ema, img_size=img_size)
+    size = int(meta.img_size)
     settings = {"score_thresh": float(score_thresh), "nms_thresh": float(iou_thresh if iou_thresh is not None
                                                                            else model.model.nms_thresh),
                 "detections_per_img": int(max_det), "topk_candidates": int(model.model.topk_candidates)}

@@ -13,6 +13,8 @@ MAX_LIST_BYTES = 512 * 1024 * 1024
 
 # Files that name the classes, one a line, in the order the class ids follow.
 CLASS_FILES: tuple[str, ...] = ("classes.txt", "class_names.txt", "obj.names", "labels.txt", "names.txt")
+# A first class name that is the background slot, not a class (compared case-insensitively).
+BACKGROUND_NAMES: frozenset[str] = frozenset({"background", "__background__", "_background_"})
 
 
 def list_images(folder: Path) -> dict[str, Path]:
@@ -82,6 +84,22 @@ def read_class_file(path: Path) -> list[str]:
     if duplicates:
         raise DatasetError(f"{path}: class names appear twice: {', '.join(duplicates)}")
     return names
+
+
+def drop_background(names: list[str], where: str | Path) -> list[str]:
+    """`names` without a leading background entry (`background`, `__background__`, `_background_`, any case).
+
+    Why: MindSpore SSD's class files and datumaro's VOC `labelmap.txt` list the background first, so a
+    class list read as written would shift every 1-based text-list id by one and make "background" a
+    class the detector learns. Only formats whose ids are 1-based (text lists) or whose objects are
+    matched by name (VOC) call this; in a 0-based format (YOLO `names`, obj.names, ImageNet lists)
+    index 0 is a real class and must stay. `where` names the source for the error when nothing is left.
+    """
+    if not names or names[0].strip().lower() not in BACKGROUND_NAMES:
+        return list(names)
+    if len(names) == 1:
+        raise DatasetError(f"{where}: the class list names only {names[0]!r}, the background; list the classes")
+    return list(names[1:])
 
 
 def find_class_file(*folders: Path) -> Path | None:

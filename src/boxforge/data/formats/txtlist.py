@@ -2,7 +2,8 @@
 
 This is the annotation format of the MindSpore SSD transfer-learning guide (and
 of many keras-yolo forks). Class id 0 is the background there, so `1` is the
-first name in the class-names file.
+first real class: the first name in the class-names file, or the second when the
+file lists `background` first, as MindSpore's do (`common.drop_background`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def read_txtlist(list_file: Path, classes: list[str] | None = None, root: Path |
         if class_file is None:
             raise DatasetError(f"{list_file}: a text list needs class names (classes.txt beside it, or 'classes' in a dataset YAML)")
         classes = common.read_class_file(class_file)
+        where: str | Path = class_file
+    else:
+        where = f"{list_file}: the class list"
+    classes = common.drop_background(classes, where)
     rel_list = Path(os.path.relpath(list_file, root)).as_posix()
     problems: list[Problem] = []
     samples: list[Sample] = []

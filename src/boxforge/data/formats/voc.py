@@ -62,9 +62,11 @@ def read_voc(root: Path, split: str | None = None, classes: list[str] | None = N
     ann_dir = _first_dir(root, ANNOTATION_DIRS) or root
     img_dir = _first_dir(root, IMAGE_DIRS) or ann_dir
     problems: list[Problem] = []
-    if classes is None:
-        class_file = common.find_class_file(root)
-        classes = common.read_class_file(class_file) if class_file else None
+    class_file = common.find_class_file(root) if classes is None else None
+    if class_file is not None:
+        classes = common.read_class_file(class_file)
+    if classes is not None:  # objects are matched by name: a leading background entry names no class
+        classes = common.drop_background(classes, class_file or f"{root}: the class list")
     fixed_classes = classes is not None
 
     images = common.list_images(img_dir)
@@ -217,9 +219,12 @@ def _attach_objects(root: Path, sample: Sample, objects: list[tuple[str, np.ndar
     kept = []
     for number, (name, coords, difficult, truncated) in enumerate(objects, start=1):
         if name not in lookup:
+            why = (" (the background is what no box covers; a leading background entry of a class file names no "
+                   "class)" if name.lower() in common.BACKGROUND_NAMES else "")
             problems.append(Problem("unknown_class", "error", _rel(root, sample.image_path) if sample.image_path else "",
                                     _rel(root, sample.annotation_path) if sample.annotation_path else "",
-                                    f"object {number}: class {name!r} is not in the class list ({', '.join(lookup)})"))
+                                    f"object {number}: class {name!r} is not in the class list ({', '.join(lookup)})"
+                                    f"{why}"))
             continue
         kept.append((coords, lookup[name], difficult, truncated))
     if kept:
