@@ -7,20 +7,21 @@ tests/engine/test_resume.py and extended.)
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import json
-
 import pytest
 import torch
 
 from boxforge.checkpoint import load_checkpoint
 from boxforge.config import fast_autocast
-from tests.reliability.conftest import run_cli, start_training, steps_logged, train_args, wait_for_steps
+from tests.reliability.conftest import (descendants, run_cli, start_training, steps_logged, train_args,
+                                        wait_for_steps, wait_gone)
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +36,17 @@ DEFAULT_RECIPE = ["--model", "yolo_csp", "--img-size", "64", "--workers", "2", "
 
 
 def _kill_after(args: list[str], run: Path, step: int, timeout: float = 240) -> None:
-    """Start training, SIGKILL it once `step` steps are logged (somewhere mid-epoch)."""
+    """Start training, SIGKILL it once `step` steps are logged (somewhere mid-epoch); its data loader workers,
+    their forkserver and resource tracker must end by themselves within a few seconds."""
     proc = start_training(args, stdout=subprocess.DEVNULL)
     wait_for_steps(proc, run, step, timeout)
+    family = descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    left = wait_gone(family, timeout=10)
+    for pid in left:  # do not leak them into the rest of the suite
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"the killed run left processes behind: {left}"
 
 
 def _killed_by_hook(args: list[str], hooks: dict[str, str]) -> None:
