@@ -1,8 +1,10 @@
-"""`boxforge export`: ONNX with NMS in the graph, metadata, parity with PyTorch, static and dynamic batch."""
+"""`boxforge export`: ONNX with NMS in the graph, metadata, parity with PyTorch, static and dynamic batch; every
+detector exported and matched against PyTorch by the test's own greedy IoU matching."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from boxforge.cli import main
 from boxforge.export import graph as graph_mod
 from boxforge.export.graph import ExportableSSD
 from boxforge.export.parity import BOX_TOL, SCORE_TOL, ParityReport, compare_detections, synthetic_batch
+from boxforge.models import get_model, models_for
 from boxforge.predictor import load_detector
 from tests.inference.conftest import checkpoint_dict, untrained
 
@@ -145,3 +148,134 @@ def test_multi_class_nms_matches_onnx_semantics(tmp_path: Path) -> None:
 def test_too_old_opset_is_refused(trained: Path, tmp_path: Path, opset: int, capsys) -> None:
     assert main(["export", "--weights", str(trained), "--out", str(tmp_path / "m.onnx"), "--opset", str(opset)]) == 2
     assert "opset >= 11" in capsys.readouterr().err
+
+
+# --- every detector: export, then the test's own matching of ONNX against PyTorch detections -----------------
+
+# The last convolutions of each model's class and box branches (a new detector needs its line: a test below
+# checks that this table names exactly the registry's detectors). Untrained, these give equal scores
+# everywhere (0.25 from a near-zero softmax, 0.4167 from yolo's constant prior, 0.9999 saturated for VGG) and
+# boxes that all overlap; equal scores leave NMS and top-k free to pick either of two candidates, so
+# `_like_trained` redraws them (class logits: std 1 around offsets of std 0.5; box outputs: std 0.5).
+_SSD = r"model\.head\.{}_head\.module_list\.\d+"
+FINAL_CONVS: dict[str, tuple[str, str]] = {
+    "ssd300_vgg16": (_SSD.format("classification"), _SSD.format("regression")),
+    "ssd_tiny": (_SSD.format("classification"), _SSD.format("regression")),
+    "ssdlite320_mobilenet_v3_large": (_SSD.format("classification") + r"\.1", _SSD.format("regression") + r"\.1"),
+    "ssdlite_efficientnet_lite0": (_SSD.format("classification") + r"\.1", _SSD.format("regression") + r"\.1"),
+    "ssd_mobilenet_fpn": (r"model\.head\.cls_logits", r"model\.head\.bbox_pred"),
+    "yolo_csp": (r"model\.head\.cls\.\d+\.2", r"model\.head\.box\.\d+\.2"),
+    "yolo_efficientnet_lite0": (r"model\.head\.cls\.\d+\.2", r"model\.head\.box\.\d+\.2"),
+}
+# Input sizes: the smallest each allows (models/detection.py VGG_MIN_SIZE), 64 for the SSDs, and 128 for the
+# anchor-free models, whose 84 cells at 64 px leave only a handful of boxes after NMS.
+EXPORT_SIZE = {"ssd300_vgg16": 268, "yolo_csp": 128, "yolo_efficientnet_lite0": 128}
+MATCH_MIN_IOU, MAX_BOX_PX, MAX_SCORE = 0.9, 1.0, 1e-3  # README "export": within 1 px and 1e-3 in score
+BORDER = 1e-4  # a detection this close to the lowest kept score may be in one list and not the other
+
+
+def _test_images(size: int) -> torch.Tensor:
+    """(2, 3, S, S) in 0..1: uniform noise, and a smooth gradient with a bright square."""
+    torch.manual_seed(5)
+    ramp = torch.linspace(0, 1, size)
+    smooth = torch.stack([ramp.expand(size, size), ramp[:, None].expand(size, size), 1 - ramp.expand(size, size)])
+    smooth[:, size // 4: size // 2, size // 3: size // 3 * 2] = 0.9
+    return torch.stack([torch.rand(3, size, size), smooth])
+
+
+def _like_trained(model: torch.nn.Module, patterns: tuple[str, str], images: torch.Tensor) -> None:
+    """Make an untrained detector's scores distinct and its boxes varied, as a trained one's are.
+
+    First BatchNorm statistics are set from `images` (one pass with every BatchNorm layer in training mode,
+    the detector in eval mode): untrained running statistics let activations vanish through a deep net
+    (1e-10 at yolo_csp's head). Then the final class and box convolutions (`patterns`) are redrawn so that
+    their outputs vary with the input by a set amount (std) around random per-channel offsets."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    targets = {}  # conv -> (output std, bias std)
+    for pattern, spread in zip(patterns, ((1.0, 0.5), (0.5, None))):
+        found = {n: m for n, m in model.named_modules() if re.fullmatch(pattern, n)}
+        assert found and all(isinstance(m, torch.nn.Conv2d) and m.bias is not None for m in found.values()), pattern
+        targets.update({m: spread for m in found.values()})
+    measured: dict[torch.nn.Module, float] = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out: measured.__setitem__(mod, float(
+        (out - mod.bias[None, :, None, None]).std()))) for m in targets]
+    with torch.no_grad():
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average: after one pass, exactly that batch's statistics
+            norm.train()
+        for conv in targets:
+            conv.weight.normal_()
+        model(images)
+        for norm in norms:
+            norm.eval()
+        for conv, (std, bias_std) in targets.items():
+            conv.weight.mul_(std / measured[conv])
+            if bias_std is not None:
+                conv.bias.normal_(0.0, bias_std)
+    for hook in hooks:
+        hook.remove()
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of a (N, 4) with every box of b (M, 4), xyxy: (N, M)."""
+    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
+
+
+def _greedy_match(ref: tuple[np.ndarray, ...], got: tuple[np.ndarray, ...]) -> tuple[int, list[str]]:
+    """Match each PyTorch detection (highest score first) to the unmatched ONNX one of its label with the
+    highest IoU; returns (pairs, failures). A matched pair must agree within MAX_BOX_PX and MAX_SCORE; a
+    detection left unmatched on either side is a failure unless it sits at the border of the kept scores."""
+    (rb, rs, rl), (gb, gs, gl) = ref, got
+    iou, free, failures, pairs = _iou(rb, gb), np.ones(len(gb), bool), [], 0
+    border = min(rs.min(initial=1.0), gs.min(initial=1.0)) + BORDER
+    for i in np.argsort(-rs, kind="stable"):
+        # IoU, or the coordinates for a box clipped to zero area at the image border (IoU 0 with itself)
+        close = (iou[i] >= MATCH_MIN_IOU) | (np.abs(gb - rb[i]).max(axis=1) <= MAX_BOX_PX)
+        candidates = np.flatnonzero(free & (gl == rl[i]) & close)
+        if not len(candidates):
+            if rs[i] > border:
+                failures.append(f"PyTorch detection {rb[i].round(1)} label {rl[i]} score {rs[i]:.4f} not in ONNX")
+            continue
+        j = candidates[np.lexsort((np.abs(gb[candidates] - rb[i]).max(axis=1), -iou[i, candidates]))[0]]
+        free[j] = False
+        pairs += 1
+        box_diff, score_diff = np.abs(rb[i] - gb[j]).max(), abs(rs[i] - gs[j])
+        if box_diff > MAX_BOX_PX or score_diff > MAX_SCORE:
+            failures.append(f"pair {rb[i].round(1)} / {gb[j].round(1)}: {box_diff:.3g} px, score {score_diff:.3g}")
+    failures += [f"ONNX detection {gb[j].round(1)} label {gl[j]} score {gs[j]:.4f} not in PyTorch"
+                 for j in np.flatnonzero(free) if gs[j] > border]
+    return pairs, failures
+
+
+def test_the_table_of_final_convolutions_names_every_detector() -> None:
+    assert sorted(FINAL_CONVS) == models_for("detect")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FINAL_CONVS))
+def test_every_detector_exports_with_pytorch_detections(name: str, tmp_path: Path) -> None:
+    size = EXPORT_SIZE.get(name, 64)
+    images = _test_images(size)
+    torch.manual_seed(0)
+    model = get_model(name, num_classes=3, class_names=["circle", "square", "triangle"], img_size=size).eval()
+    _like_trained(model, FINAL_CONVS[name], images)
+    path = save_checkpoint(checkpoint_dict(model), tmp_path / f"{name}.pt")
+    report = boxforge.export_onnx(path, tmp_path / f"{name}.onnx", dynamic_batch=True, check=False)
+    boxes, scores, labels, count = _session(tmp_path / f"{name}.onnx").run(None, {"images": images.numpy()})
+    model.set_postprocess(**report.postprocess)
+    with torch.no_grad():
+        reference = model(images)
+    total = 0
+    for i, det in enumerate(reference):
+        n = int(count[i])
+        assert n == len(det["boxes"]) > 10, f"image {i}: {n} ONNX detections, {len(det['boxes'])} PyTorch"
+        ref = (det["boxes"].numpy(), det["scores"].numpy(), det["labels"].numpy())
+        pairs, failures = _greedy_match(ref, (boxes[i, :n], scores[i, :n], labels[i, :n]))
+        assert not failures, f"{name} image {i}: {failures[:3]}"
+        assert pairs >= n - 2, f"{name} image {i}: only {pairs} of {n} detections matched"
+        total += pairs
+    assert total > 20

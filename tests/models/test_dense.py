@@ -158,7 +158,7 @@ def test_overfits_two_images() -> None:
     assert float(iou.min()) > 0.5, (det["boxes"][:3], det["labels"][:3])
 
 
-def test_trains_from_the_cli_defaults_then_resumes_exports_and_reloads(tmp_path: Path) -> None:
+def test_trains_with_the_model_recipe_then_exports_and_reloads(tmp_path: Path) -> None:
     data = tmp_path / "data"
     synthesize_detection(data, images=12, classes=2, seed=0, image_size=(160, 120))
     result = boxforge.train(data=str(data), model="yolo_csp", out=str(tmp_path / "run"), iterations=6,

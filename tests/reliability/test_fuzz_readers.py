@@ -1,8 +1,11 @@
 """Fuzzing: mutated VOC XML, COCO JSON, YOLO labels and text lists never crash a reader or `check`.
 
 Every example is a valid file from a tiny dataset, mutated by hypothesis (bytes flipped, inserted, deleted,
-truncated; for JSON also values swapped for arbitrary JSON). Reading it must either give an index (which
-`check` then reports on) or raise boxforge's own error type, within PER_EXAMPLE_S seconds. Any other
+truncated; for JSON also values swapped for arbitrary JSON). Where the mutated file is one of many (a VOC
+XML, a YOLO label file), reading must give an index in which the intact file is read with all its objects
+and the mutated one is read or named by a problem: a per-file problem, never a whole-dataset failure. Where
+the file is the dataset (a COCO JSON, a text list), reading gives an index or raises boxforge's own error
+type naming that file. Both within PER_EXAMPLE_S seconds, and `check` then reports on the index. Any other
 exception, or a hang (SIGALRM), fails the test. The profile is derandomized with a bounded number of
 examples, so CI runs the same cases every time.
 """
@@ -15,6 +18,7 @@ import shutil
 import signal
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -86,25 +90,52 @@ def time_bound(seconds: int):
         signal.signal(signal.SIGALRM, old)
 
 
-def read_and_check(target: Path) -> None:
-    """The promise: an index (and a check report for it) or a BoxforgeError; nothing else, no hang."""
+@dataclass(frozen=True)
+class OneOfMany:
+    """The mutated file is one annotation among others (a VOC XML, a YOLO label file): the promise is then a
+    per-file one, so the dataset must still be read, the intact file with all its objects, and the mutated
+    one either read or named by a problem. (A COCO JSON or a text list *is* the dataset: an error may end it.)"""
+
+    mutated: str  # relative to the dataset root, as problems name files
+    intact: str
+    intact_objects: int
+
+
+def read_and_check(target: Path, data_file: str, one_of_many: OneOfMany | None) -> None:
+    """The promise: an index (and a check report for it) or, for a whole-dataset file, a BoxforgeError that
+    names that file; for one file of many, an index in every case (see OneOfMany); nothing else, no hang."""
     with time_bound(PER_EXAMPLE_S):
         try:
             index = load_dataset(target)
-        except BoxforgeError:
+        except BoxforgeError as exc:
+            assert one_of_many is None, f"a mutated {data_file} ended the whole dataset: {exc}"
+            assert Path(data_file).name in str(exc), f"the error does not name {data_file}: {exc}"
             return
         report = check_dataset(index)
         format_report(report, str(target)).encode("utf-8", "backslashreplace")
         json.dumps(report.to_dict())
+    if one_of_many is not None:
+        _assert_per_file(index, report, one_of_many)
 
 
-def with_dataset(build: Callable[[Path], Path], data_file: str, content: bytes) -> None:
+def _assert_per_file(index: Any, report: Any, files: OneOfMany) -> None:
+    read = {index.relative(s.annotation_path): s.num_objects for s in index.samples if s.annotation_path}
+    assert read.get(files.intact) == files.intact_objects, (
+        f"the intact {files.intact} was not read with its {files.intact_objects} objects: {read}")
+    named = {p.annotation for p in report.problems} | {p.image for p in report.problems}
+    assert read.get(files.mutated, 0) > 0 or files.mutated in named, (
+        f"the mutated {files.mutated} gave no object and no problem names it: "
+        f"{[(p.kind, p.annotation, p.detail) for p in report.problems]}")
+
+
+def with_dataset(build: Callable[[Path], Path], data_file: str, content: bytes,
+                 one_of_many: OneOfMany | None = None) -> None:
     """Build the tiny dataset in a fresh folder, replace `data_file` with `content`, read and check it."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
         target = build(root)
         (root / data_file).write_bytes(content)
-        read_and_check(target)
+        read_and_check(target, data_file, one_of_many)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -120,6 +151,9 @@ def build_voc(root: Path) -> Path:
     (root / "JPEGImages" / "b.jpg").write_bytes(JPEG)
     (root / "Annotations" / "b.xml").write_bytes(VOC_XML.replace(b"a.jpg", b"b.jpg"))
     return root
+
+
+VOC_ONE_OF_TWO = OneOfMany("Annotations/a.xml", "Annotations/b.xml", 2)
 
 
 COCO_DOC = {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48},
@@ -145,8 +179,13 @@ def build_yolo(root: Path) -> Path:
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
     (root / "images" / "a.jpg").write_bytes(JPEG)
+    (root / "images" / "b.jpg").write_bytes(JPEG)
+    (root / "labels" / "b.txt").write_bytes(YOLO_LABELS)
     (root / "classes.txt").write_text("cat\ndog\n")
     return root
+
+
+YOLO_ONE_OF_TWO = OneOfMany("labels/a.txt", "labels/b.txt", 3)
 
 
 TXT_LIST = b"imgs/a.jpg 1,2,30,40,1 5,5,10,10.5,2\nimgs/b.jpg\n"
@@ -164,7 +203,7 @@ def test_the_unmutated_seeds_read_cleanly():
     """The fuzzers start from files every reader accepts (else they would only fuzz the error path)."""
     for build, name, content, objects in ((build_voc, "Annotations/a.xml", VOC_XML, 4),
                                           (build_coco, "annotations/instances_train.json", COCO_JSON, 2),
-                                          (build_yolo, "labels/a.txt", YOLO_LABELS, 3),
+                                          (build_yolo, "labels/a.txt", YOLO_LABELS, 6),
                                           (build_txt, "train.txt", TXT_LIST, 2)):
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "data"
@@ -177,7 +216,7 @@ def test_the_unmutated_seeds_read_cleanly():
 @FUZZ
 @given(st.lists(MUTATION, min_size=1, max_size=6))
 def test_fuzzed_voc_xml(mutations):
-    with_dataset(build_voc, "Annotations/a.xml", mutate(VOC_XML, mutations))
+    with_dataset(build_voc, "Annotations/a.xml", mutate(VOC_XML, mutations), VOC_ONE_OF_TWO)
 
 
 @FUZZ
@@ -230,7 +269,7 @@ def test_fuzzed_coco_json_values(replacements):
 @FUZZ
 @given(st.lists(MUTATION, min_size=1, max_size=6))
 def test_fuzzed_yolo_labels(mutations):
-    with_dataset(build_yolo, "labels/a.txt", mutate(YOLO_LABELS, mutations))
+    with_dataset(build_yolo, "labels/a.txt", mutate(YOLO_LABELS, mutations), YOLO_ONE_OF_TWO)
 
 
 @FUZZ

@@ -7,6 +7,7 @@ tests/engine/test_watchdog.py and extended.)
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.slow
 MARGIN = 20
 # The limit also covers start-up (forkserver, first batch), which takes several seconds on a loaded machine.
 STALL_S = 15
+# A killed worker is reported "at once": within this many seconds of the SIGKILL, exit included.
+KILLED_WORKER_S = 3
 
 
 def _start(synth_set: Path, run: Path, timeout: float, hooks: dict[str, str] | None = None) -> subprocess.Popen:
@@ -35,10 +38,12 @@ def _start(synth_set: Path, run: Path, timeout: float, hooks: dict[str, str] | N
 
 
 def _assert_clean_stall_exit(proc: subprocess.Popen, run: Path, family: list[int], since: float,
-                             timeout: float) -> str:
-    """Exit status 75 within timeout + MARGIN, the watchdog's message, a stack dump, no process left."""
+                             timeout: float, within: float | None = None) -> str:
+    """Exit status 75 within `within` s of `since` (default timeout + MARGIN), the watchdog's message, a stack
+    dump, no process left."""
+    limit = timeout + MARGIN if within is None else within
     try:
-        _, err = proc.communicate(timeout=timeout + MARGIN + 30)
+        _, err = proc.communicate(timeout=limit + 30)
     except subprocess.TimeoutExpired:
         proc.kill()
         for pid in alive(family):
@@ -46,7 +51,7 @@ def _assert_clean_stall_exit(proc: subprocess.Popen, run: Path, family: list[int
         raise AssertionError("the run hung: it did not end within the stall timeout") from None
     elapsed = time.monotonic() - since
     assert proc.returncode == EXIT_STALL, err
-    assert elapsed < timeout + MARGIN, f"ended after {elapsed:.1f} s; limit {timeout} s + {MARGIN} s margin"
+    assert elapsed < limit, f"ended after {elapsed:.1f} s; limit {limit:g} s"
     assert "boxforge" in err and "restart with --resume auto" in err, err
     dumps = list(run.glob("stall-*.txt"))
     assert len(dumps) == 1 and "Thread" in dumps[0].read_text() and str(dumps[0]) in err
@@ -86,14 +91,18 @@ def test_killed_worker_is_reported(synth_set, tmp_path):
     workers = workers_of(proc.pid)
     assert workers
     family = descendants(proc.pid)
+    killed = time.monotonic()
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
-    # A dead worker is noticed by polling, not by the timeout: allow far less than the 60 s limit.
-    err = _assert_clean_stall_exit(proc, run, family, time.monotonic() + 60 - 15, 60)
-    # The dead worker is named by pid ("data loader worker 0 (pid P) killed by signal 9", or the loader's own
-    # "DataLoader worker (pid(s) P) exited unexpectedly"); rarely the queue breaks before either is visible.
-    assert "data loading failed" in err
-    assert any(str(pid) in err for pid in workers) or "Connection reset" in err, err
+    # "At once": the loader or the watchdog's 0.5 s probe sees the exit, then the dump, the kill of the
+    # forkserver and the exit itself; measured 0.13 to 0.22 s, 0.27 s with both cores kept busy by other
+    # processes. The bound, from the kill to the end of the process (so the report came before it), is ten
+    # times that and far below the 60 s --stall-timeout, so the timeout can never be what ended the run.
+    err = _assert_clean_stall_exit(proc, run, family, killed, 60, within=KILLED_WORKER_S)
+    # boxforge's own report, by worker number, pid and signal (not torch's later "exited unexpectedly")
+    named = [pid for pid in workers if re.search(rf"data loading failed: data loader worker \d+ \(pid {pid}\) "
+                                                 rf"killed by signal {int(signal.SIGKILL)}\b", err)]
+    assert named, f"the killed worker {workers} is not named by pid: {err}"
 
 
 def test_watchdog_fires_in_process(tmp_path):

@@ -53,8 +53,11 @@ class CheckReport:
 def check_dataset(index: DatasetIndex, *, deep: bool = False) -> CheckReport:
     """Check every sample of `index`; `deep` decodes every pixel to catch truncated files."""
     problems = list(index.problems)
+    # (image, annotation) pairs the reader could not read cleanly: their objects are unknown, not absent, so
+    # such a sample is never also called an empty annotation ("used as a background image") on top of that
+    misread = {(p.image, p.annotation) for p in index.problems if p.severity == "error"}
     for sample in index.samples:
-        problems.extend(_check_sample(index, sample, deep))
+        problems.extend(_check_sample(index, sample, deep, misread))
     problems.extend(_duplicates(index))
     problems.extend(_split_overlap(index))
     return CheckReport(format=index.format, images=len(index), objects=index.num_objects,
@@ -62,14 +65,15 @@ def check_dataset(index: DatasetIndex, *, deep: bool = False) -> CheckReport:
                        box_sizes=_box_sizes(index))
 
 
-def _check_sample(index: DatasetIndex, sample: Sample, deep: bool) -> list[Problem]:
+def _check_sample(index: DatasetIndex, sample: Sample, deep: bool, misread: set[tuple[str, str]]) -> list[Problem]:
     image = index.relative(sample.image_path)
     ann = index.relative(sample.annotation_path)
     found: list[Problem] = []
     header = _check_image(sample, image, ann, deep, found)
     if header is not None and index.task == "detect":
         _check_size(sample, header, image, ann, found)
-    if index.task == "detect" and sample.annotation_path is not None and sample.num_objects == 0:
+    if (index.task == "detect" and sample.annotation_path is not None and sample.num_objects == 0
+            and (image, ann) not in misread):
         found.append(Problem("empty_annotation", "warning", image, ann, "no objects: used as a background image"))
     if index.task == "detect" and sample.num_objects:
         _check_boxes(sample, index.classes, image, ann, found)

@@ -18,12 +18,16 @@ DatasetError naming the file instead.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import multiprocessing.context
 import os
 import random
+import select
 import stat
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -322,8 +326,9 @@ MP_CONTEXT = "forkserver"
 _FORKSERVER_PRELOAD = ["__main__", "torch", "torchvision", "numpy", "boxforge.data.loading"]
 
 
-def _init_worker(worker_id: int) -> None:
-    """Runs once in each worker: one intra-op thread, and `random`/numpy seeded from torch.
+def _init_worker(worker_id: int, parent: int | None = None) -> None:
+    """Runs once in each worker: one intra-op thread, `random`/numpy seeded from torch, and
+    an end with `parent` (the process that made the loader; see `_exit_with`).
 
     torch's worker seed is the loader's base seed (drawn from its seeded generator)
     plus `worker_id`, so augmentations differ per worker and repeat across runs.
@@ -332,6 +337,45 @@ def _init_worker(worker_id: int) -> None:
     seed = torch.initial_seed()
     random.seed(seed)
     np.random.seed(seed % 2**32)
+    if parent is not None:
+        _exit_with(parent)
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker as soon as process `parent` has ended, however it ended.
+
+    A forkserver worker is the forkserver's child, so torch's own check (has my
+    parent pid changed?) never sees the training process die of SIGKILL or the OOM
+    killer; the forkserver in turn waits for its workers: all of them, and the
+    resource tracker, would stay forever. A daemon thread waits on a pidfd (exact
+    even if the pid is reused), or polls where the platform has none.
+    """
+    try:
+        handle = os.pidfd_open(parent)
+    except ProcessLookupError:
+        os._exit(0)
+    except (AttributeError, OSError):  # no pidfd (not Linux, or before 5.3)
+        handle = None
+
+    def wait() -> None:
+        if handle is not None:
+            select.select([handle], [], [])  # readable once `parent` has exited
+        else:
+            while _running(parent):
+                time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=wait, name="boxforge-parent-watch", daemon=True).start()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # the pid belongs to another user's process: ours has gone
+        return False
+    return True
 
 
 def _mp_context(name: str) -> multiprocessing.context.BaseContext:
@@ -385,7 +429,7 @@ def make_loader(
             persistent_workers=True,
             timeout=timeout,
             multiprocessing_context=_mp_context(mp_context),
-            worker_init_fn=_init_worker,
+            worker_init_fn=functools.partial(_init_worker, parent=os.getpid()),
         )
     return DataLoader(
         dataset,

@@ -473,7 +473,7 @@ def _guarded(loader: Any, loop: _Loop) -> Any:
             problem = _worker_problem(iterator, wait_s=3.0) or f"data loading failed: {str(exc).splitlines()[0]}"
             reason = f"boxforge: {problem}"
             if loop.watchdog is not None:
-                loop.watchdog.abort(reason)
+                loop.watchdog.abort(f"{reason}.")
             raise TrainingError(reason) from exc
         yield batch
 

@@ -160,13 +160,19 @@ def dead_worker(iterator: Any) -> str | None:
 
     Forkserver workers are not our children, so no SIGCHLD tells the loader; polling
     their exit codes is what notices a worker killed by the kernel (OOM) or by hand.
+    A worker the loader has already given up on (`_workers_status` False) still counts
+    when it died abnormally: torch marks a dead worker so just before raising its own
+    "exited unexpectedly", and the report must still name it at once. Only a clean
+    exit (status 0) of such a worker is the loader's own shutdown.
     """
-    for number, worker in enumerate(getattr(iterator, "_workers", []) or []):
+    workers = getattr(iterator, "_workers", []) or []
+    status = getattr(iterator, "_workers_status", None) or [True] * len(workers)
+    for number, worker in enumerate(workers):
         try:
             code = worker.exitcode
         except (OSError, ValueError):
             continue
-        if code is not None and getattr(iterator, "_workers_status", [True] * (number + 1))[number]:
+        if code is not None and (code != 0 or status[number]):
             how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
             return f"data loader worker {number} (pid {worker.pid}) {how}"
     return None
