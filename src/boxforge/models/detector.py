@@ -105,11 +105,13 @@ class Detector(nn.Module):
     @contextmanager
     def _input_size(self, size: int | None) -> Iterator[None]:
         """The inner GeneralizedRCNNTransform resizes to `size` (None: img_size) until the block ends."""
+        if size is None or size == self.img_size:
+            yield
+            return
+        self.check_train_size(size)
         transform = self.model.transform
         saved = (transform.min_size, transform.max_size, transform.fixed_size)
-        if size is not None and size != self.img_size:
-            self.check_train_size(size)
-            transform.min_size, transform.max_size, transform.fixed_size = (size,), size, (size, size)
+        transform.min_size, transform.max_size, transform.fixed_size = (size,), size, (size, size)
         try:
             yield
         finally:
