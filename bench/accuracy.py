@@ -87,11 +87,11 @@ def train(recipe: str, flags: list[str], minutes: float, out: Path, threads: int
 
 def evaluate(weights: Path) -> tuple[dict[str, Any], Any, Any]:
     from boxforge.data.formats.detect import load_dataset
-    from boxforge.evaluating import predictions_from_model
+    from boxforge.inference.evaluate import model_predictions
+    from boxforge.inference.load import load_model
 
     index = load_dataset(RACCOON, split="test")
-    preds, _ = predictions_from_model(index, weights, batch_size=8, device="cpu", workers=0, prefer_ema=True,
-                                      progress=False, notes=[], skipped=[])
+    preds, _, _ = model_predictions(index, load_model(weights, "cpu").backend)
     return _metrics(index, preds), index, preds
 
 

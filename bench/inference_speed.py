@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
 from boxforge.checkpoint import CHECKPOINT_FORMAT, save_checkpoint  # noqa: E402
-from boxforge.export import export_onnx  # noqa: E402
+from boxforge.api import export_onnx  # noqa: E402
 from boxforge.models import get_model  # noqa: E402
 
 MODELS = ("ssd_tiny", "ssdlite320_mobilenet_v3_large")
@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     import onnxruntime as ort
 
-    from boxforge.predictor import load_detector
+    from boxforge.inference import load_detector
 
     torch.set_num_threads(args.threads)
     results, rows, targets = [], [], []

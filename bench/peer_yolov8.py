@@ -94,7 +94,8 @@ def predict(weights: Path, out: Path) -> None:
 
 def load_run(spec: str, index: Any) -> tuple[str, Any]:
     """NAME=PATH: a boxforge checkpoint (evaluated like bench/accuracy.py does) or a predictions JSON."""
-    from boxforge.evaluating import predictions_from_model
+    from boxforge.inference.evaluate import model_predictions
+    from boxforge.inference.load import load_model
     from boxforge.evaluation.predictions import load_predictions
 
     name, _, path = spec.partition("=")
@@ -102,8 +103,7 @@ def load_run(spec: str, index: Any) -> tuple[str, Any]:
         raise SystemExit(f"--ours {spec!r}: expected NAME=CHECKPOINT_OR_PREDICTIONS_JSON")
     if path.endswith(".json"):
         return name, load_predictions(path, index)
-    preds, _ = predictions_from_model(index, path, batch_size=8, device="cpu", workers=0, prefer_ema=True,
-                                      progress=False, notes=[], skipped=[])
+    preds, _, _ = model_predictions(index, load_model(path, "cpu").backend)
     return name, preds
 
 

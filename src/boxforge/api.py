@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from boxforge.config import TrainConfig
 from boxforge.data.check import CheckReport, check_dataset
@@ -13,6 +15,10 @@ from boxforge.data.formats.detect import load_dataset
 from boxforge.data.index import DatasetIndex
 from boxforge.data.splits import SplitPlan, plan_splits
 from boxforge.errors import BoxforgeError
+
+if TYPE_CHECKING:
+    from boxforge.engine.fit import TrainResult
+    from boxforge.inference.load import LoadedModel
 
 __all__ = ["check", "convert", "load_dataset", "plan_splits", "synth", "train"]
 
@@ -71,8 +77,9 @@ def synth(out: str | Path, *, images: int = 200, classes: int = 3, seed: int = 0
 
 
 def train(config: TrainConfig | None = None, *, config_file: str | Path | None = None,
-          local_rank: int | None = None, **settings: object):
-    """Train a detector. `settings` are TrainConfig fields (data=..., model=..., epochs=...); see `boxforge train -h`.
+          local_rank: int | None = None, **settings: object) -> TrainResult:
+    """Train a detector or a classifier. `settings` are TrainConfig fields (data=..., model=..., epochs=...);
+    see `boxforge train -h`. Then (main rank, unless report=False) writes RUN_DIR/report.html.
 
     local_rank: what `python -m torch.distributed.launch` passes as `--local-rank`; used only where the
     environment has no LOCAL_RANK. Returns a TrainResult (run_dir, best_metric, last and best checkpoint paths).
@@ -82,49 +89,95 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
 
     cfg = config if config is not None else make_config(dict(settings), config_file)
     cfg.validate()
-    return fit(cfg, local_rank=local_rank)
+    result = fit(cfg, local_rank=local_rank)
+    if result.is_main and cfg.report:
+        _write_report(result.run_dir, str(result.device or "auto"))
+    return result
 
 
-def evaluate(data, *, weights: str | Path | list[str | Path] | None = None, predictions: str | Path | None = None,
-             model: str | None = None, **options):
+def _write_report(run_dir: Path, device: str) -> None:
+    """RUN_DIR/report.html once the checkpoints are safely written; any failure here is only a warning,
+    because a finished run must never be lost to its report (`boxforge plot RUN_DIR --report` retries)."""
+    from boxforge import run_report
+
+    try:
+        print(f"report written to {run_report.write_report(run_dir, device=device)}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - deliberately broad: see the docstring
+        print(f"warning: could not write {run_dir / 'report.html'}: {type(exc).__name__}: {exc}; "
+              f"the checkpoints are intact; retry with: boxforge plot {run_dir} --report", file=sys.stderr, flush=True)
+
+
+def _given(task: str, what: dict[str, object]) -> None:
+    """An option the task cannot use is an error, not silently dropped (--score-thresh on a classifier)."""
+    used = [name for name, value in what.items() if value not in (None, False)]
+    if used:
+        raise BoxforgeError(f"{', '.join(used)}: not options of a {task} model")
+
+
+def evaluate(data: str | Path | list[str | Path] | DatasetIndex, *,
+             weights: str | Path | list[str | Path] | None = None, predictions: str | Path | None = None,
+             model: str | None = None, task: str | None = None, split: str | None = None,
+             format: str | None = None, metrics: str | list[str] | None = None, iou_thresh: float | None = None,
+             batch_size: int | None = None, device: str = "auto", workers: int = 0,
+             save_predictions_to: str | Path | None = None, prefer_ema: bool = True, progress: bool = True,
+             plots: str | Path | None = None, strict_classes: bool = False) -> Any:
     """mAP (VOC07, VOC12, COCO) of `weights` (checkpoint or .onnx, run on the images) or of a `predictions` file;
     Acc@1/Acc@5 for a classifier.
 
     weights: one file, several, or quoted globs (`runs/x/step-*.pt`): more than one gives a
-    ComparisonReport (one row each, the best marked; see comparing.py). model: a torchvision classifier
+    ComparisonReport (one row each, the best marked; inference/compare.py). model: a torchvision classifier
     (mobilenet_v2, ...) whose named weights `weights` are (IMAGENET1K_V1; from the local hub cache only).
-    options: task, split, format, metrics ("all" or voc07/voc12/coco), iou_thresh, batch_size, device, workers,
-    save_predictions_to, prefer_ema, progress, plots (a folder for PR curves and the table as PNG),
-    strict_classes (detections of classes the dataset lacks are an error, not ignored with a note).
-    Returns an EvalReport (`.results`, `.to_json()`, `.plots`), a ClassifyEvalReport or a ComparisonReport.
+    task: what the model must be (default: what the file holds). metrics ("all" or voc07/voc12/coco),
+    iou_thresh, save_predictions_to, plots, strict_classes: detectors only; batch_size: default 8 for
+    detectors, 32 for classifiers. Returns an EvalReport (`.results`, `.to_json()`, `.plots`), a
+    ClassifyEvalReport or a ComparisonReport.
     """
-    from boxforge.comparing import compare_checkpoints, expand_weights
-    from boxforge.evaluating import evaluate as _evaluate
+    from boxforge.inference.compare import compare_checkpoints, expand_weights
+    from boxforge.inference.evaluate import evaluate as evaluate_detections
 
-    task = options.pop("task", None)
     if model is not None:
         _check_pretrained(model, weights, predictions, task)
     specs = expand_weights(weights, model=model) if weights is not None else []
+    detector_options = {"--iou-thresh": iou_thresh, "--save-predictions": save_predictions_to, "--plots": plots}
     if len(specs) > 1:
-        return compare_checkpoints(data, specs, task=task, model=model, **options)
-    weights = specs[0] if specs else None
-    if model is not None or task == "classify" or (task is None and weights is not None
-                                                   and _task_of(weights) == "classify"):
-        from boxforge.classifying import evaluate_classifier
+        if save_predictions_to is not None or plots is not None:
+            raise BoxforgeError("--save-predictions and --plots keep one model's output: give a single --weights")
+        return compare_checkpoints(data, specs, task=task, model=model, split=split, format=format,
+                                   metrics=metrics or "all", iou_thresh=iou_thresh or 0.5, batch_size=batch_size or 8,
+                                   device=device, workers=workers, prefer_ema=prefer_ema, progress=progress,
+                                   strict_classes=strict_classes)
+    loaded = None
+    if specs:
+        loaded = _open(specs[0], model=model, task=task, device=device, prefer_ema=prefer_ema)
+    elif task == "classify":
+        raise BoxforgeError("eval --task classify needs --weights (a checkpoint or .onnx classifier)")
+    if loaded is not None and loaded.task == "classify":
+        from boxforge.inference.classify import evaluate_classifier
 
-        if weights is None:
-            raise BoxforgeError("eval --task classify needs --weights (a checkpoint or .onnx classifier)")
-        keep = ("split", "format", "batch_size", "device", "workers", "prefer_ema", "progress")
-        return evaluate_classifier(data, weights=weights, model=model,
-                                   **{k: v for k, v in options.items() if k in keep})
-    return _evaluate(data, weights=weights, predictions=predictions, **options)
+        _given("classify", {**detector_options, "--metric": metrics, "--strict-classes": strict_classes})
+        return evaluate_classifier(data, model=loaded, split=split, format=format, batch_size=batch_size or 32,
+                                   workers=workers, progress=progress)
+    return evaluate_detections(data, model=loaded, predictions=predictions, split=split, format=format,
+                               metrics=metrics or "all", iou_thresh=0.5 if iou_thresh is None else iou_thresh,
+                               batch_size=batch_size or 8, workers=workers, save_predictions_to=save_predictions_to,
+                               progress=progress, plots=plots, strict_classes=strict_classes)
+
+
+def _open(weights: str | Path, *, model: str | None = None, task: str | None = None, device: str = "auto",
+          prefer_ema: bool = True, img_size: int | None = None) -> LoadedModel:
+    """The one place a command opens its model: a file once, or torchvision's named classifier weights."""
+    from boxforge.inference.load import load_model, load_pretrained_classifier
+
+    if model is not None:
+        return load_pretrained_classifier(model, str(weights), device)
+    return load_model(weights, device, task=task, prefer_ema=prefer_ema, img_size=img_size)
 
 
 def _check_pretrained(model: str, weights: object, predictions: object, task: str | None) -> None:
     """`eval --model NAME --weights WEIGHT_NAME`: torchvision classifiers only, weights by name."""
-    from boxforge.models import MODEL_TASKS, models_for
+    from boxforge.models import MODELS, models_for
 
-    if MODEL_TASKS.get(model) != "classify":
+    if model not in MODELS or MODELS[model].task != "classify":
         raise BoxforgeError(f"eval --model {model}: named torchvision weights are evaluated for classifiers only "
                             f"({', '.join(models_for('classify'))}); a detector is evaluated from its checkpoint")
     if task not in (None, "classify"):
@@ -134,60 +187,72 @@ def _check_pretrained(model: str, weights: object, predictions: object, task: st
                             "IMAGENET1K_V1), not --predictions")
 
 
-def _task_of(weights: str | Path) -> str:
-    """"classify" or "detect": what a checkpoint or exported ONNX file holds (eval/predict/export route on it)."""
-    from boxforge.classifier import model_task
-
-    return model_task(weights)
-
-
-def predict(weights: str | Path, sources, **options):
+def predict(weights: str | Path, sources: str | Path | list[str | Path], *, out: str | Path = "runs/predict",
+            score_thresh: float | None = None, iou_thresh: float | None = None, max_det: int | None = None,
+            top_k: int | None = None, json_path: str | Path | None = None, per_class_json: bool = False,
+            draw: bool = True, batch_size: int | None = None, device: str = "auto", workers: int = 0,
+            prefer_ema: bool = True, progress: bool = True, img_size: int | None = None) -> Any:
     """Detect objects in image files, folders or globs; draw them and write the predictions file.
     A classifier checkpoint or .onnx gives the top_k (default 5) classes with probabilities instead.
 
-    options: out, score_thresh, iou_thresh, max_det, json_path, per_class_json, draw, batch_size, device,
-    workers, prefer_ema, progress, img_size (the input size to run at; classifiers: the crop size; default:
-    the model's own). Returns a PredictReport.
+    score_thresh (0.5), iou_thresh (NMS, 0.45), max_det (100), per_class_json, draw: detectors only; top_k:
+    classifiers only. img_size: the input size to run at (classifiers: the crop size; default: the model's
+    own). batch_size: default 8 for detectors, 32 for classifiers. Returns a PredictReport or a
+    ClassifyPredictReport.
     """
-    from boxforge.predicting import predict_sources
+    listed = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    loaded = _open(weights, device=device, prefer_ema=prefer_ema, img_size=img_size)
+    if loaded.task == "classify":  # top-k classes with probabilities instead of boxes
+        from boxforge.inference.classify import predict_classes
 
-    if _task_of(weights) == "classify":  # top-k classes with probabilities instead of boxes
-        from boxforge.classifying import predict_classes
+        _given("classify", {"--score-thresh": score_thresh, "--iou-thresh": iou_thresh, "--max-det": max_det,
+                            "--per-class-json": per_class_json})
+        return predict_classes(loaded, listed, out=out, top_k=5 if top_k is None else top_k, json_path=json_path,
+                               batch_size=batch_size or 32, workers=workers, img_size=img_size)
+    from boxforge.inference.predict import predict_detections
 
-        keep = ("out", "top_k", "json_path", "batch_size", "device", "workers", "prefer_ema", "img_size")
-        return predict_classes(weights, [sources] if isinstance(sources, (str, Path)) else list(sources),
-                               **{k: v for k, v in options.items() if k in keep})
-    options.pop("top_k", None)
-    return predict_sources(weights, [sources] if isinstance(sources, (str, Path)) else list(sources), **options)
+    _given("detect", {"--top-k": top_k})
+    return predict_detections(loaded, listed, out=out, score_thresh=score_thresh, iou_thresh=iou_thresh,
+                              max_det=max_det, json_path=json_path, per_class_json=per_class_json, draw=draw,
+                              batch_size=batch_size or 8, workers=workers, progress=progress, img_size=img_size)
 
 
-def export_onnx(weights: str | Path, out: str | Path, **options):
-    """Export a checkpoint to ONNX (NMS in the graph, pre-processing in its metadata) and check parity.
+def export_onnx(weights: str | Path, out: str | Path, *, img_size: int | None = None, opset: int = 17,
+                dynamic_batch: bool = False, score_thresh: float | None = None, iou_thresh: float | None = None,
+                max_det: int | None = None, check_images: list[str | Path] | None = None, check: bool = True,
+                prefer_ema: bool = True) -> Any:
+    """Export a checkpoint to ONNX (detectors: NMS in the graph, pre-processing in its metadata; classifiers:
+    softmax in the graph) and check parity with the checkpoint.
 
-    options: img_size, opset, dynamic_batch, score_thresh, iou_thresh, max_det, check_images, check, prefer_ema.
-    Returns an ExportReport.
+    score_thresh (0.001), iou_thresh (NMS, default the model's), max_det (100): detectors only.
+    Returns an ExportReport or a ClassifierExportReport.
     """
-    from boxforge.export import export_onnx as _export_onnx
-
-    if _task_of(weights) == "classify":  # softmax in the graph instead of NMS
+    loaded = _open(weights, device="cpu", prefer_ema=prefer_ema, img_size=img_size)
+    if loaded.meta.kind != "checkpoint":
+        raise BoxforgeError(f"{weights}: already an exported {loaded.meta.kind} model; export takes the .pt "
+                            "checkpoint it came from")
+    if loaded.task == "classify":  # softmax in the graph instead of NMS
         from boxforge.export.classifier import export_classifier
 
-        keep = ("img_size", "opset", "dynamic_batch", "check_images", "check", "prefer_ema")
-        return export_classifier(weights, out, **{k: v for k, v in options.items() if k in keep})
-    return _export_onnx(weights, out, **options)
+        _given("classify", {"--score-thresh": score_thresh, "--iou-thresh": iou_thresh, "--max-det": max_det})
+        return export_classifier(loaded, out, opset=opset, dynamic_batch=dynamic_batch, check_images=check_images,
+                                 check=check)
+    from boxforge.export import export_onnx as export_detector
+
+    return export_detector(loaded, out, opset=opset, dynamic_batch=dynamic_batch,
+                           score_thresh=0.001 if score_thresh is None else score_thresh, iou_thresh=iou_thresh,
+                           max_det=100 if max_det is None else max_det, check_images=check_images, check=check)
 
 
 def report(run_dir: str | Path, *, device: str = "auto", images: int = 6) -> Path:
     """(Re)write RUN_DIR/report.html, the self-contained page `train` writes at the end of a run: settings,
     dataset, curves, the best checkpoint's evaluation table and PR curves, drawn validation images.
 
-    Returns its path. See boxforge/report.py.
+    Returns its path. See boxforge/run_report.py.
     """
-    from boxforge.report import write_report
+    from boxforge import run_report
 
-    return write_report(run_dir, device=device, images=images)
+    return run_report.write_report(run_dir, device=device, images=images)
 
 
-__all__ += ["evaluate", "export_onnx", "predict"]
-__all__ += ["report"]
-__all__ += ["pack"]
+__all__ += ["evaluate", "export_onnx", "pack", "predict", "report"]

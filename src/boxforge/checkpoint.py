@@ -1,31 +1,38 @@
-"""The checkpoint format: atomic save, safe load, newest-good lookup.
+"""The checkpoint format: what a checkpoint holds (`training_state`, `restore_training_state`), atomic
+save, safe load, newest-good lookup.
 
-Below the engine, so predict/export/eval can read checkpoints without importing
-training code. A checkpoint is a plain dict of tensors and Python primitives, so
-it loads with `torch.load(weights_only=True)`: a file that needs pickled code to
-load is refused, never executed.
+Below the engine, so predict/export/eval can read checkpoints without importing training code. A
+checkpoint is a plain dict of tensors and Python primitives, so it loads with
+`torch.load(weights_only=True)`: a file that needs pickled code to load is refused, never executed.
 
-Keys written by the engine: `format` (CHECKPOINT_FORMAT), `model` (state dict),
-`model_name`, `class_names`, `config`, `task`, and for resuming `optimizer`,
-`scheduler`, `scaler`, `ema`, `epoch`, `iteration` (batches done in `epoch`),
-`global_step`, `rng`, `best_metric`.
+Keys: `format` (CHECKPOINT_FORMAT), `task`, `model_name`, `build_args` (what `get_model` needs to
+rebuild it), `class_names`, `img_size`, `config`, `threads`, `model` (state dict), and for resuming
+`optimizer`, `scaler`, `ema`, `pending_grads`, `rng` and the `State` fields (`epoch`, `iteration`
+(batches done in `epoch`), `global_step`, `images_seen`, `train_seconds`, `elapsed_seconds`,
+`best_metric`, `nonfinite_total`).
 """
 
 from __future__ import annotations
 
-import errno
 import io
-import os
 import pickle
+import random
 import re
 import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
-from boxforge.errors import BoxforgeError
+from boxforge.errors import CheckpointError, DiskFullError
+from boxforge.files import atomic_write, is_disk_full, remove_quietly, remove_stale_temps
+
+if TYPE_CHECKING:
+    from boxforge.config import TrainConfig
 
 CHECKPOINT_FORMAT = "boxforge-checkpoint-v1"
 _SNAPSHOT = re.compile(r"^step-(\d+)\.pt$")
@@ -33,89 +40,34 @@ _SNAPSHOT = re.compile(r"^step-(\d+)\.pt$")
 SNAPSHOT_KINDS: tuple[str, ...] = ("step", "epoch")
 
 
-class CheckpointError(BoxforgeError):
-    """A checkpoint that cannot be written or read; the message names the file and the cause."""
-
-
-class DiskFullError(CheckpointError):
-    """Saving failed for lack of space (or a file-size limit); the previous checkpoint is intact."""
-
-
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write `state` to `path` atomically: temp file in the same folder, fsync, rename, fsync the folder.
-
-    A crash at any moment leaves either the old file or the new one, never a torn one.
-    """
+    """Write `state` to `path` atomically (files.py): a crash at any moment leaves either the old file or
+    the new one, never a torn one. A full disk is a DiskFullError and the previous file stays intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     buffer = io.BytesIO()
     torch.save(state, buffer)  # serialise first: torch's zip writer hides the OSError of a full disk
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(buffer.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, buffer.getbuffer())
     except (OSError, RuntimeError) as exc:
-        _remove_quietly(tmp)
-        if _is_disk_full(exc):
+        if is_disk_full(exc):
             raise DiskFullError(f"{path}: disk full while saving the checkpoint; the previous checkpoint is intact "
                                 f"({exc})") from exc
         raise CheckpointError(f"{path}: could not save the checkpoint: {exc}") from exc
-    _fsync_dir(path.parent)
-    _remove_stale_temps(path)
+    remove_stale_temps(path)
     return path
 
 
-def _remove_stale_temps(path: Path) -> None:
-    """Delete `.NAME.tmp-PID` files that a process killed mid-save left behind (its PID no longer runs)."""
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            _remove_quietly(tmp)
-        except OSError:
-            continue
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True`; every failure becomes one clear CheckpointError.
 
-
-def _is_disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-        return True
-    text = str(exc).lower()
-    return "no space left" in text or "file too large" in text or "disk quota" in text
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with `weights_only=True`; every failure becomes one clear CheckpointError."""
+    mmap: map the tensors instead of reading them (to look at a key or two of a large file cheaply).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "GLOBAL" in text or "global" in text:
@@ -178,5 +130,80 @@ def prune_snapshots(run_dir: str | Path, keep: int, kind: str = "step") -> list[
     """
     removed = snapshots(run_dir, kind)[max(keep, 0):]
     for p in removed:
-        _remove_quietly(p)
+        remove_quietly(p)
     return removed
+
+
+@dataclass
+class State:
+    """Where the run is; saved in every checkpoint."""
+
+    epoch: int = 0
+    iteration: int = 0  # batches done within `epoch`
+    global_step: int = 0
+    images_seen: int = 0
+    train_seconds: float = 0.0  # in training batches (data + step): the img/s denominator
+    elapsed_seconds: float = 0.0  # wall clock of the whole loop, validation and saving included: the --time budget
+    best_metric: float | None = None
+    nonfinite_total: int = 0
+
+
+def training_state(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, ema: AveragedModel | None,
+                   scaler: torch.amp.GradScaler, state: State) -> dict[str, Any]:
+    """Everything needed to continue exactly (and to use the model alone: names, size, config)."""
+    return {
+        "format": CHECKPOINT_FORMAT, "task": getattr(model, "task", "detect"), "model_name": cfg.model,
+        "class_names": list(model.class_names), "img_size": int(model.img_size), "config": cfg.to_dict(),
+        "build_args": dict(model.build_args), "threads": torch.get_num_threads(),
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "epoch": state.epoch, "iteration": state.iteration, "global_step": state.global_step,
+        "images_seen": state.images_seen, "train_seconds": state.train_seconds,
+        "elapsed_seconds": state.elapsed_seconds, "best_metric": state.best_metric,
+        "nonfinite_total": state.nonfinite_total, "pending_grads": _pending_grads(model),
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    }
+
+
+def _pending_grads(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """Gradients summed so far in an unfinished --accumulate group (None at a step boundary).
+
+    Saving them is what makes a checkpoint taken mid-group (Ctrl-C, the end of a --time budget)
+    resume exactly: the weights have not moved since the group began, but BatchNorm statistics
+    and these sums have.
+    """
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+    return grads or None
+
+
+def restore_training_state(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                           ema: AveragedModel | None, scaler: torch.amp.GradScaler) -> State:
+    """Put a checkpoint's weights, optimizer, scaler, EMA, pending gradients and RNG back; its position."""
+    if list(saved.get("class_names", [])) != list(model.class_names):
+        raise CheckpointError(f"checkpoint classes {saved.get('class_names')} differ from the dataset's "
+                            f"{model.class_names}; to fine-tune on new classes use --weights, not --resume")
+    model.load_state_dict(saved["model"])
+    pending = saved.get("pending_grads") or {}
+    for name, param in model.named_parameters():
+        if name in pending:
+            param.grad = pending[name].to(param.device)
+    optimizer.load_state_dict(saved["optimizer"])
+    if saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+    if ema is not None and saved.get("ema"):
+        ema.load_state_dict(saved["ema"])
+    rng = saved.get("rng") or {}
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "python" in rng:
+        random.setstate(_as_tuple(rng["python"]))
+    if rng.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return State(saved["epoch"], saved["iteration"], saved["global_step"], saved.get("images_seen", 0),
+                 saved.get("train_seconds", 0.0), saved.get("elapsed_seconds", saved.get("train_seconds", 0.0)),
+                 saved.get("best_metric"), saved.get("nonfinite_total", 0))
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

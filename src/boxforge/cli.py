@@ -11,6 +11,7 @@ from boxforge import api
 from boxforge.data.convert import TARGETS
 from boxforge.data.formats.detect import FORMATS
 from boxforge.errors import BoxforgeError
+from boxforge.files import write_json
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_FAILED = 0, 1, 2
 
@@ -120,7 +121,8 @@ def _prepare_parser(sub: argparse._SubParsersAction) -> None:
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     from boxforge.config import MULTI_SCALE_DEFAULT, OPTIMIZERS, SCHEDULES
-    from boxforge.models import MODELS
+    from boxforge.models import MODELS, models_for
+    from boxforge.models.registry import DEFAULT_MODEL
 
     p = sub.add_parser("train", help="train a detector (CPU, one GPU, or torchrun for many)",
                        description="Train a detector. Settings not given come from --config FILE.yaml, then the "
@@ -136,9 +138,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    help="train even when the validation set shares images (same file or same bytes) with the "
                         "training set; best.pt is then chosen partly on training images")
     p.add_argument("--format", choices=FORMATS)
-    p.add_argument("--model", choices=sorted(MODELS), help="default: yolo_csp")
-    p.add_argument("--task", choices=("detect", "classify"), help="default: the model's (classifiers: mobilenet_v2, "
-                   "shufflenet_v2_x1_0, resnet18, resnet50)")
+    p.add_argument("--model", choices=sorted(MODELS), help=f"default: {DEFAULT_MODEL}")
+    p.add_argument("--task", choices=("detect", "classify"), help="default: the model's (classifiers: "
+                   f"{', '.join(models_for('classify'))})")
     p.add_argument("--out", help="run directory (default: runs/train)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int)
@@ -260,6 +262,7 @@ def _run_plot(args: argparse.Namespace) -> int:
 def _inference_parsers(sub: argparse._SubParsersAction) -> None:
     """eval, predict, export: the commands that use a trained model (checkpoint or exported ONNX)."""
     from boxforge.models import models_for
+
     p = sub.add_parser("eval", help="mAP (VOC07, VOC12, COCO) of a model or a predictions file on a dataset",
                        description="Evaluate --weights (a boxforge checkpoint or exported .onnx, run on the images "
                                    "with score threshold 0.001 and 100 detections per image) or --predictions (a "
@@ -283,10 +286,11 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
                    "without training: --weights is then a weight name (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT) read "
                    "from the local torch hub cache only, never downloaded; classes by name, or by position when the "
                    "dataset has as many (ImageNet's sorted WordNet-id folders)")
-    p.add_argument("--metric", nargs="+", default=["all"], choices=("voc07", "voc12", "coco", "all"))
+    p.add_argument("--metric", nargs="+", choices=("voc07", "voc12", "coco", "all"),
+                   help="detectors: which mAPs (default: all)")
     p.add_argument("--task", choices=("detect", "classify"), help="default: what --weights holds; classify "
                    "reports loss, Acc@1, Acc@5 (per-class accuracy and the confusion matrix in --json)")
-    p.add_argument("--iou-thresh", type=float, default=0.5, help="VOC match IoU (default 0.5; COCO uses .50:.95)")
+    p.add_argument("--iou-thresh", type=float, help="detectors: VOC match IoU (default 0.5; COCO uses .50:.95)")
     p.add_argument("--strict-classes", action="store_true", help="stop with an error when the predictions file "
                    "or the model has classes the dataset does not have (default: ignore their detections, as "
                    "pycocotools and the VOC devkit do, with a note naming them and counting the detections)")
@@ -303,12 +307,12 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", type=Path, required=True, metavar="CKPT_OR_ONNX")
     p.add_argument("--out", type=Path, default=Path("runs/predict"), metavar="DIR",
                    help="drawn images, predictions.json, per_class/ (default runs/predict)")
-    p.add_argument("--score-thresh", type=float, default=0.5)
-    p.add_argument("--iou-thresh", type=float, default=0.45, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=int, default=100, help="detections per image at most")
+    p.add_argument("--score-thresh", type=float, help="detectors: lowest score kept (default 0.5)")
+    p.add_argument("--iou-thresh", type=float, help="detectors: NMS IoU threshold (default 0.45)")
+    p.add_argument("--max-det", type=int, help="detectors: detections per image at most (default 100)")
     p.add_argument("--json", type=Path, metavar="FILE", help="predictions file (default OUT/predictions.json)")
     p.add_argument("--per-class-json", action="store_true", help="also OUT/per_class/<class>.json")
-    p.add_argument("--top-k", type=int, default=5, help="classifiers: classes per image, with probabilities")
+    p.add_argument("--top-k", type=int, help="classifiers: classes per image, with probabilities (default 5)")
     p.add_argument("--img-size", type=int, metavar="PX", help="input size to run at (default: the model's own; "
                    "classifiers: the centre-crop size; an .onnx export only runs at the size it was exported at)")
     p.add_argument("--no-draw", action="store_true", help="do not write drawn images")
@@ -324,10 +328,11 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, help="input size (default: the checkpoint's)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 11 (default 17)")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
-    p.add_argument("--score-thresh", type=float, default=0.001, help="baked in (default 0.001, right for mAP; "
+    p.add_argument("--score-thresh", type=float, help="detectors: baked in (default 0.001, right for mAP; "
                    "predict can raise it later)")
-    p.add_argument("--iou-thresh", type=float, help="NMS IoU, baked in (default: the model's, usually 0.45)")
-    p.add_argument("--max-det", type=int, default=100)
+    p.add_argument("--iou-thresh", type=float, help="detectors: NMS IoU, baked in (default: the model's, "
+                   "usually 0.45)")
+    p.add_argument("--max-det", type=int, help="detectors: baked in (default 100)")
     p.add_argument("--check-images", nargs="+", type=Path, metavar="IMAGE", help="parity check images "
                    "(default: 4 synthetic ones)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check")
@@ -335,7 +340,7 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _model_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, help="images per batch (default 8 for detectors, 32 for classifiers)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--workers", type=int, default=0, help="image decoding worker processes (default 0)")
     p.add_argument("--no-ema", action="store_true", help="use a checkpoint's raw weights, not its EMA weights")
@@ -369,8 +374,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
             print("\n" + "\n".join(summary_lines(report.results["coco"]["stats"])))  # pycocotools' own text
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
+        write_json(args.json, report.to_json(), indent=2)
         print(f"results written to {args.json}")
     for path in report.plots:
         print(f"plot written to {path}")
@@ -425,7 +429,7 @@ def _run_check(args: argparse.Namespace) -> int:
     report = api.check(index, deep=args.deep, plan=api.plan_splits(data, format=args.format))
     print(format_report(report, " ".join(args.data)))
     if args.json:
-        args.json.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+        write_json(args.json, report.to_dict(), indent=2)
         print(f"report written to {args.json}")
     if args.plots:
         from boxforge.plots import plot_dataset

@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 
 from boxforge.errors import BoxforgeError
+from boxforge.files import atomic_write
+from boxforge.models.registry import DEFAULT_MODEL, MODELS
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "multistep", "constant")
@@ -31,7 +33,7 @@ class TrainConfig:
     val: str | None = None
     allow_overlap: bool = False  # train even when the validation set shares images with the training set
     format: str | None = None
-    model: str = "yolo_csp"
+    model: str = DEFAULT_MODEL
     task: str | None = None
     out: str = "runs/train"
     epochs: int | None = None
@@ -157,15 +159,11 @@ class TrainConfig:
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
-# The recipe a model was designed with, used where neither the command line nor the YAML file
-# says otherwise. "auto" for amp: bfloat16 autocast where the CPU computes it natively (or on CUDA),
-# since emulated bfloat16 is slower than float32. yolo_csp: AdamW and an EMA of the weights, as
-# that detector family is trained; bf16 nearly doubles its steps per second on AVX512-BF16 CPUs;
-# img_size "auto": from the training boxes (models/input_size.py), resolved when the data is loaded.
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "yolo_csp": {"optimizer": "adamw", "ema": True, "amp": "auto", "img_size": "auto"},
-    "yolo_efficientnet_lite0": {"optimizer": "adamw", "ema": True, "amp": "auto"},
-}
+# The recipe each model was designed with (its ModelSpec's, models/registry.py), used where neither the
+# command line nor the YAML file says otherwise. "auto" for amp: bfloat16 autocast where the CPU computes
+# it natively (or on CUDA), since emulated bfloat16 is slower than float32; img_size "auto": from the
+# training boxes (models/input_size.py), resolved when the data is loaded.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {name: dict(s.recipe) for name, s in MODELS.items() if s.recipe}
 
 
 def fast_autocast() -> bool:
@@ -216,5 +214,5 @@ def make_config(overrides: dict[str, Any], config_file: str | Path | None = None
 def save_config(cfg: TrainConfig, run_dir: str | Path) -> Path:
     path = Path(run_dir) / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return path

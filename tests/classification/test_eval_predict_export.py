@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from boxforge import api
-from boxforge.classifier import load_classifier_backend
 from boxforge.cli import main
 from boxforge.engine.fit import TrainResult
 from boxforge.errors import BoxforgeError
-from boxforge.predictor import load_backend
+from boxforge.inference.load import load_model
 
 
 def test_eval_matches_training_validation_and_prints_reference_lines(short_run: TrainResult, small_set: Path,
@@ -60,13 +59,13 @@ def test_export_onnx_with_softmax_matches_checkpoint(short_run: TrainResult, sma
     assert props["task"] == "classify" and json.loads(props["class_names"]) == ["circle", "square", "triangle"]
     assert props["img_size"] == "32"
     batch = torch.rand(3, 3, 32, 32)
-    probs = load_classifier_backend(onnx_path).run(batch)
+    probs = load_model(onnx_path).backend.run(batch)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(3), atol=1e-5, rtol=0)  # softmax is in the graph
-    torch.testing.assert_close(probs, load_classifier_backend(short_run.best).run(batch), atol=1e-4, rtol=0)
+    torch.testing.assert_close(probs, load_model(short_run.best).backend.run(batch), atol=1e-4, rtol=0)
     from_onnx = api.evaluate(small_set, weights=onnx_path, device="cpu", progress=False)
     assert from_onnx.meter.acc1 == pytest.approx(short_run.best_metric)
     with pytest.raises(BoxforgeError, match="an exported classify model, not a detector"):
-        load_backend(onnx_path)
+        load_model(onnx_path, task="detect")
 
 
 def test_detection_options_do_not_apply_and_wrong_data_is_one_error(short_run: TrainResult, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from boxforge import api
 from boxforge.checkpoint import load_checkpoint, save_checkpoint
-from boxforge.classifier import load_classifier_backend
+from boxforge.inference.load import load_model
 from boxforge.engine.fit import TrainResult
 
 
@@ -23,4 +23,4 @@ def test_img_size_is_the_crop_size(short_run: TrainResult, small_set: Path, tmp_
         runs[name] = [e["top"] for e in json.loads((tmp_path / name / "predictions.json").read_text())["predictions"]]
     assert len(runs["resized"]) == 12 and runs["resized"] == runs["reference"]
     assert runs["resized"] != runs["default"]  # 48 px crops are not 32 px crops
-    assert load_classifier_backend(short_run.best, img_size=48).img_size == 48
+    assert load_model(short_run.best, img_size=48).backend.img_size == 48

@@ -17,7 +17,7 @@ import torch
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
 from boxforge import api
-from boxforge.classifying import _label_map
+from boxforge.inference.classify import _label_map
 from boxforge.cli import main
 from boxforge.data.index import DatasetIndex
 from boxforge.engine.fit import TrainResult

@@ -75,7 +75,8 @@ def _count_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         counts[Path(path).name] = counts.get(Path(path).name, 0) + 1
         return real(path, *args)
 
-    monkeypatch.setattr(loading, "read_image", counting)
+    monkeypatch.setattr(loading, "read_image", counting)  # the uncached path decodes here
+    monkeypatch.setattr(cache_module, "read_image", counting)  # the cache decodes a file on its first read
     return counts
 
 

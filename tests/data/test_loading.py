@@ -16,12 +16,11 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from boxforge.data.images import load_rgb
+from boxforge.data.images import _read_regular_file, load_rgb
 from boxforge.data.index import DatasetIndex, Sample
 from boxforge.data.loading import (
     ClassificationDataset,
     DetectionDataset,
-    _read_regular_file,
     detection_collate,
     make_loader,
 )

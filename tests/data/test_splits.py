@@ -13,7 +13,7 @@ import pytest
 from boxforge.data.formats.detect import load_dataset, offered_splits
 from boxforge.data.splits import load_train_val, nested_splits, plan_splits
 from boxforge.errors import BoxforgeError
-from boxforge.evaluating import default_split
+from boxforge.inference.evaluate import default_split
 from tests import layouts
 from tests.conftest import RACCOON
 

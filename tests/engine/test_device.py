@@ -9,8 +9,8 @@ import torch
 
 import boxforge
 from boxforge.config import TrainConfig
-from boxforge.engine.distributed import DistInfo
-from boxforge.engine.setup import kernel_choice, resolve_device
+from boxforge.devices import resolve_device
+from boxforge.engine.setup import kernel_choice
 from boxforge.errors import BoxforgeError
 from tests.engine.test_loop import SMALL
 
@@ -22,19 +22,19 @@ def _one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_each_local_rank_gets_its_own_gpu_and_too_many_ranks_is_a_clear_error(monkeypatch) -> None:
     _one_gpu(monkeypatch)
-    assert resolve_device("auto", DistInfo(rank=0, local_rank=0, world_size=2)) == torch.device("cuda", 0)
+    assert resolve_device("auto", local_rank=0) == torch.device("cuda", 0)
     with pytest.raises(BoxforgeError) as info:
-        resolve_device("auto", DistInfo(rank=1, local_rank=1, world_size=2))
+        resolve_device("auto", local_rank=1)
     message = str(info.value)
     assert "local rank 1" in message and "1 CUDA device" in message and "--nproc_per_node 1" in message
-    assert resolve_device("cpu", DistInfo(rank=1, local_rank=1, world_size=2)) == torch.device("cpu")
+    assert resolve_device("cpu", local_rank=1) == torch.device("cpu")
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(BoxforgeError, match="no CUDA device is available"):
-        resolve_device("cuda", DistInfo())
-    assert resolve_device("auto", DistInfo()) == torch.device("cpu")
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
 
 
 def _flags() -> tuple[bool, bool, bool]:

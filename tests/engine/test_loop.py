@@ -90,12 +90,12 @@ def test_config_file_with_an_unknown_setting_is_refused(tmp_path: Path) -> None:
 def test_interrupt_inside_an_accumulation_group_resumes_exactly(synth_set: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """--accumulate 2: a checkpoint taken after the first batch of a group keeps that batch's gradients."""
-    from boxforge.engine import fit as fit_module
+    from boxforge.engine import loop as loop_module
 
     settings = dict(SMALL, batch_size=2, accumulate=2, iterations=6, val_every=100)
     reference = load_checkpoint(boxforge.train(data=[str(synth_set)], out=str(tmp_path / "ref"), **settings).last)
 
-    real = fit_module._Loop._after_step
+    real = loop_module.Loop._after_step
     calls: list[int] = []
 
     def interrupt_after_third_batch(self, *args, **kwargs):
@@ -104,13 +104,13 @@ def test_interrupt_inside_an_accumulation_group_resumes_exactly(synth_set: Path,
         if len(calls) == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(fit_module._Loop, "_after_step", interrupt_after_third_batch)
+    monkeypatch.setattr(loop_module.Loop, "_after_step", interrupt_after_third_batch)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         boxforge.train(data=[str(synth_set)], out=str(run), **settings)
     partial = load_checkpoint(run / "last.pt")
     assert (partial["iteration"], partial["global_step"]) == (3, 1) and partial["pending_grads"]
-    monkeypatch.setattr(fit_module._Loop, "_after_step", real)
+    monkeypatch.setattr(loop_module.Loop, "_after_step", real)
     final = load_checkpoint(boxforge.train(data=[str(synth_set)], out=str(run), resume="auto", **settings).last)
     assert final["global_step"] == reference["global_step"] == 6
     assert final["pending_grads"] is None

@@ -117,7 +117,7 @@ def test_a_short_run_trains_at_several_sizes_and_evaluates_at_the_fixed_one(
 def test_an_interrupted_run_resumes_bit_identically(synth_set: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """10 batches (4 an epoch) in one go == 5 batches, Ctrl-C (last.pt mid-epoch 1), --resume auto for 5 more."""
-    from boxforge.engine import fit as fit_module
+    from boxforge.engine import loop as loop_module
 
     settings = dict(SMALL, model="ssd_tiny", iterations=10, val_every=100, multi_scale=RANGE)
     seen = _record_input_sizes(monkeypatch, TinyBackbone)
@@ -126,7 +126,7 @@ def test_an_interrupted_run_resumes_bit_identically(synth_set: Path, tmp_path: P
     assert len(reference_sizes) == 10 and len(set(reference_sizes)) > 1
     seen.clear()
 
-    real = fit_module._Loop._after_step
+    real = loop_module.Loop._after_step
     calls: list[int] = []
 
     def interrupt_after_fifth_batch(self, *args, **kwargs):
@@ -135,13 +135,13 @@ def test_an_interrupted_run_resumes_bit_identically(synth_set: Path, tmp_path: P
         if len(calls) == 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(fit_module._Loop, "_after_step", interrupt_after_fifth_batch)
+    monkeypatch.setattr(loop_module.Loop, "_after_step", interrupt_after_fifth_batch)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         boxforge.train(data=[str(synth_set)], out=str(run), **settings)
     partial = load_checkpoint(run / "last.pt")
     assert (partial["epoch"], partial["iteration"], partial["global_step"]) == (1, 1, 5)
-    monkeypatch.setattr(fit_module._Loop, "_after_step", real)
+    monkeypatch.setattr(loop_module.Loop, "_after_step", real)
     final = load_checkpoint(boxforge.train(data=[str(synth_set)], out=str(run), resume="auto", **settings).last)
     assert [size for training, size in seen if training] == reference_sizes
     assert final["global_step"] == reference["global_step"] == 10

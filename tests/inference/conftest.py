@@ -16,7 +16,7 @@ IMG_SIZE = 128
 
 
 def checkpoint_dict(model: torch.nn.Module, *, ema: dict | None = None, task: str = "detect") -> dict:
-    """The keys the engine writes (engine.fit.checkpoint_state) that inference reads."""
+    """The keys the engine writes (checkpoint.training_state) that inference reads."""
     return {"format": CHECKPOINT_FORMAT, "task": task, "model_name": model.name,
             "class_names": list(model.class_names), "img_size": int(model.img_size), "config": {},
             "build_args": dict(model.build_args), "model": model.state_dict(), "ema": ema,
@@ -60,7 +60,7 @@ def untrained_ckpt(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def exported(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The trained checkpoint exported with a dynamic batch (parity-checked by the export itself)."""
-    from boxforge.export import export_onnx
+    from boxforge.api import export_onnx
 
     out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     report = export_onnx(trained, out, dynamic_batch=True)

@@ -13,12 +13,11 @@ import torch
 
 from boxforge.cli import main
 from boxforge.data.formats.detect import load_dataset
-from boxforge.evaluating import default_split, evaluate
+from boxforge.api import evaluate
+from boxforge.engine.validate import validate
 from boxforge.evaluation import Predictions, evaluate_detections, load_predictions, save_predictions
-from boxforge.inference import predict_index
-from boxforge.predictor import load_detector
-
-EVAL_POSTPROCESS = {"score_thresh": 0.001, "detections_per_img": 100}
+from boxforge.inference import load_detector
+from boxforge.inference.evaluate import default_split
 
 
 def _close(a, b) -> bool:
@@ -112,12 +111,12 @@ def test_default_split(tmp_path: Path, synth: Path) -> None:
 
 def test_eval_weights_matches_the_engine_and_onnx(synth: Path, trained: Path, exported: Path, tmp_path: Path,
                                                   capsys) -> None:
-    """eval --weights = predict_index (what training validates with) + evaluate_detections; ONNX within 0.005."""
+    """eval --weights = what training validates with (engine.validate); ONNX within 0.005."""
     index = load_dataset(synth)  # all 12 images: more detections to compare than the 2 test images
     model, _ = load_detector(trained)
-    model.set_postprocess(**EVAL_POSTPROCESS)
-    direct = evaluate_detections(index, predict_index(model, index, img_size=model.img_size,
-                                                      device=torch.device("cpu")))
+    logged = validate(model, index, device=torch.device("cpu"))  # the numbers a run writes to metrics.jsonl
+    direct = {"voc07": {"map": logged["voc07_map"]}, "voc12": {"map": logged["voc12_map"]},
+              "coco": {"AP": logged["coco_AP"]}}
     saved = tmp_path / "saved.json"
     got, text, _ = _eval_json(["--data", str(synth), "--split", "test", "--weights", str(trained),
                                "--save-predictions", str(saved)], tmp_path, capsys)

@@ -11,7 +11,7 @@ import pytest
 import boxforge.data.formats.detect as detect
 from boxforge.checkpoint import save_checkpoint
 from boxforge.cli import main
-from boxforge.comparing import expand_weights
+from boxforge.inference.compare import expand_weights
 from boxforge.errors import BoxforgeError
 
 

@@ -17,10 +17,10 @@ import boxforge
 from boxforge.checkpoint import save_checkpoint
 from boxforge.cli import main
 from boxforge.export import graph as graph_mod
-from boxforge.export.graph import ExportableSSD
+from boxforge.export.graph import ExportableDetector
 from boxforge.export.parity import BOX_TOL, SCORE_TOL, ParityReport, compare_detections, synthetic_batch
 from boxforge.models import get_model, models_for
-from boxforge.predictor import load_detector
+from boxforge.inference import load_detector
 from tests.inference.conftest import checkpoint_dict, untrained
 
 
@@ -81,12 +81,12 @@ def test_export_cli_static_batch_other_size_and_thresholds(trained: Path, tmp_pa
 
 
 def test_a_wrong_graph_fails_the_parity_check(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    class Unnormalised(ExportableSSD):  # forgets the model's image_std: the classic export bug
+    class Unnormalised(ExportableDetector):  # forgets the model's image_std: the classic export bug
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self.std.fill_(1.0)
 
-    monkeypatch.setattr("boxforge.export.onnx.ExportableSSD", Unnormalised)
+    monkeypatch.setattr("boxforge.export.onnx.ExportableDetector", Unnormalised)
     out = tmp_path / "bad.onnx"
     code = main(["export", "--weights", str(trained), "--out", str(out)])
     err = capsys.readouterr().err
@@ -98,7 +98,7 @@ def test_eager_graph_equals_the_detector_on_an_untrained_model() -> None:
     """The export-friendly forward itself (before any ONNX) reproduces torchvision's post-processing."""
     model = untrained(img_size=96)
     model.set_postprocess(score_thresh=0.05, nms_thresh=0.45, detections_per_img=50)
-    graph = ExportableSSD(model, score_thresh=0.05, iou_thresh=0.45, max_det=50).eval()
+    graph = ExportableDetector(model, score_thresh=0.05, iou_thresh=0.45, max_det=50).eval()
     x = torch.rand(2, 3, 96, 96)
     with torch.no_grad():
         ref, (boxes, scores, labels, count) = model(x), graph(x)

@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from boxforge.cli import main
-from boxforge.data.loading import read_image
+from boxforge.data.images import read_image
 from boxforge.data.transforms import detection_transforms
-from boxforge.drawing import class_colour, draw_detections, font_size, line_width
+from boxforge.plots.draw import class_colour, draw_detections, font_size, line_width
 from boxforge.errors import BoxforgeError
-from boxforge.predictor import load_detector
-from boxforge.sources import resolve_sources
+from boxforge.inference import load_detector
+from boxforge.inference.sources import resolve_sources
 
 
 @pytest.fixture

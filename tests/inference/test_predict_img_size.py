@@ -7,7 +7,7 @@ from pathlib import Path
 
 from boxforge.checkpoint import load_checkpoint, save_checkpoint
 from boxforge.cli import main
-from boxforge.predictor import load_backend
+from boxforge.inference.load import load_model
 
 
 def _predictions(weights: Path, images: Path, out: Path, capsys, *extra: str) -> tuple[dict, str]:
@@ -30,7 +30,7 @@ def test_img_size_runs_the_checkpoint_as_if_built_at_that_size(trained: Path, sy
     assert "--img-size" not in text
     assert resized["predictions"] and resized["predictions"] == reference["predictions"]
     assert resized["predictions"] != default["predictions"]  # the size really changed what the model saw
-    backend = load_backend(trained, img_size=160)
+    backend = load_model(trained, img_size=160).backend
     assert backend.img_size == 160 and backend.model.model.transform.min_size == (160,)
 
 

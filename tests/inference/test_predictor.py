@@ -1,4 +1,4 @@
-"""load_detector / load_backend: rebuilding checkpoints, EMA weights, clear errors for foreign files."""
+"""load_model / load_detector: rebuilding checkpoints, EMA weights, clear errors for foreign files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from boxforge.checkpoint import save_checkpoint
 from boxforge.errors import BoxforgeError
-from boxforge.predictor import OnnxBackend, TorchBackend, ema_state_dict, load_backend, load_detector
+from boxforge.inference.backends import OnnxDetector, TorchDetector
+from boxforge.inference.load import ema_state_dict, load_detector, load_model
 from tests.inference.conftest import checkpoint_dict, untrained
 
 
@@ -73,13 +74,15 @@ def test_weights_that_do_not_fit_the_architecture(tmp_path: Path) -> None:
 
 def test_backend_is_chosen_by_content_and_settings_apply(untrained_ckpt: Path, exported: Path,
                                                           tmp_path: Path) -> None:
-    backend = load_backend(untrained_ckpt, "cpu", score_thresh=0.3, iou_thresh=0.5, max_det=7)
-    assert isinstance(backend, TorchBackend)
+    backend = load_model(untrained_ckpt, "cpu").backend
+    backend.configure(score_thresh=0.3, iou_thresh=0.5, max_det=7)
+    assert isinstance(backend, TorchDetector)
     assert backend.meta.postprocess["detections_per_img"] == 7 and backend.meta.postprocess["nms_thresh"] == 0.5
     renamed = tmp_path / "model.bin"  # an ONNX file without its suffix is still recognised
     renamed.write_bytes(exported.read_bytes())
-    onnx_backend = load_backend(renamed, "cpu", score_thresh=0.0001, iou_thresh=0.6)
-    assert isinstance(onnx_backend, OnnxBackend)
+    onnx_backend = load_model(renamed, "cpu").backend
+    onnx_backend.configure(score_thresh=0.0001, iou_thresh=0.6)
+    assert isinstance(onnx_backend, OnnxDetector)
     assert any("score threshold" in n for n in onnx_backend.notes)
     assert any("fixed in the graph" in n for n in onnx_backend.notes)
     with pytest.raises(BoxforgeError, match="ONNX"):

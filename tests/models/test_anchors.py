@@ -14,7 +14,7 @@ from boxforge.errors import BoxforgeError
 from boxforge.models import get_model
 from boxforge.models.anchors import (FittedBoxGenerator, centred_iou, default_shapes, fit_anchor_shapes, kmeans_iou,
                                      mean_best_iou, relative_box_shapes)
-from boxforge.predictor import load_detector
+from boxforge.inference import load_detector
 from tests.conftest import RACCOON
 from tests.engine.conftest import synth_set  # noqa: F401  (fixture)
 

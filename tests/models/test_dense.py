@@ -165,8 +165,8 @@ def test_trains_with_the_model_recipe_then_exports_and_reloads(tmp_path: Path) -
                             img_size=96 + 32, batch_size=4, threads=1, seed=0, report=False)
     cfg = (tmp_path / "run" / "config.yaml").read_text()
     assert "optimizer: adamw" in cfg and "ema: true" in cfg  # the model's own recipe (config.MODEL_DEFAULTS)
-    from boxforge.export import export_onnx
-    from boxforge.predictor import load_detector
+    from boxforge.api import export_onnx
+    from boxforge.inference import load_detector
 
     model, meta = load_detector(result.last, "cpu")
     assert meta.model_name == "yolo_csp" and model.img_size == 128
@@ -181,7 +181,7 @@ def test_checkpoint_rebuild_gives_identical_outputs(tmp_path: Path) -> None:
              "class_names": list(model.class_names), "img_size": 96, "config": {}, "build_args": model.build_args,
              "model": model.state_dict(), "ema": None, "epoch": 1, "iteration": 0, "global_step": 1}
     path = save_checkpoint(state, tmp_path / "m.pt")
-    from boxforge.predictor import load_detector
+    from boxforge.inference import load_detector
 
     again, _ = load_detector(path, "cpu")
     x = [torch.rand(3, 96, 96)]

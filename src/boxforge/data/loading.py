@@ -25,7 +25,6 @@ import multiprocessing.context
 import os
 import random
 import select
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -36,68 +35,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
 
-from boxforge.data.images import MAX_PIXELS, ImageReadError, load_rgb, read_header
+from boxforge.data.images import MAX_PIXELS, ImageReadError, describe_read_error as _describe, read_image
 from boxforge.data.index import DatasetIndex
 from boxforge.errors import DatasetError, UnsafeInputError
 
 log = logging.getLogger(__name__)
 
-# Formats torchvision.io decodes; the rest (BMP, TIFF) go through PIL.
-_TORCHVISION_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP"})
 _IMAGE_ERRORS = (ImageReadError, UnsafeInputError, OSError)
-
-
-def _read_regular_file(path: Path) -> torch.Tensor:
-    """The file's bytes as a (L,) uint8 tensor, refusing anything but a regular file.
-
-    Opened with O_NONBLOCK and checked with fstat on the open descriptor, so a
-    named pipe swapped in after an earlier stat check still cannot block us.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb", buffering=0) as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafeInputError(f"{path}: is not a regular file (pipe, device or directory)")
-        buf = bytearray(info.st_size)
-        view, done = memoryview(buf), 0
-        while done < len(buf):
-            n = fh.readinto(view[done:])
-            if not n:
-                raise ImageReadError(f"{path}: file shrank while being read ({done} of {len(buf)} bytes)")
-            done += n
-    return torch.frombuffer(buf, dtype=torch.uint8) if buf else torch.empty(0, dtype=torch.uint8)
-
-
-def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
-    """Decode to (3, H, W) uint8 RGB with EXIF orientation applied.
-
-    The header is checked first (regular file, a real image, not a decompression
-    bomb). Greyscale, palette, CMYK and alpha images become RGB; an animated GIF
-    gives its first frame. Raises ImageReadError, UnsafeInputError or FileNotFoundError.
-    """
-    header = read_header(path, max_pixels)
-    if header.format not in _TORCHVISION_FORMATS:
-        rgb = load_rgb(path, max_pixels)  # (H, W, 3), read-only
-        return torch.from_numpy(np.array(rgb.transpose(2, 0, 1), order="C"))
-    data = _read_regular_file(path)
-    try:
-        image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    except RuntimeError as exc:
-        reason = str(exc).rsplit(", ", 1)[-1]  # drop the C++ source location
-        raise ImageReadError(f"{path}: cannot decode ({reason})") from exc
-    return image[0] if image.ndim == 4 else image
-
-
-def _describe(path: Path | None, exc: BaseException) -> str:
-    """One line naming the file and what is wrong with it."""
-    if path is None:
-        return str(exc)
-    if isinstance(exc, FileNotFoundError):
-        return f"{path}: file not found"
-    text = str(exc)
-    return text if text.startswith(str(path)) else f"{path}: {exc}"
 
 
 def _pack_paths(index: DatasetIndex) -> tuple[np.ndarray, np.ndarray]:

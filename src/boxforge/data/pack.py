@@ -23,7 +23,6 @@ names inside OUT; a symlink that leaves OUT is refused, as for any dataset root.
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from boxforge.data.images import MAX_PIXELS, ImageReadError
+from boxforge.data.images import MAX_PIXELS, ImageReadError, read_image
 from boxforge.data.index import DatasetIndex, Sample
 from boxforge.data.safety import is_inside, regular_file_problem
 from boxforge.errors import DatasetError, UnsafeInputError
+from boxforge.files import atomic_path, atomic_write
 
 PACK_FORMAT = "boxforge-pack"
 PACK_VERSION = 1
@@ -78,8 +78,6 @@ def write_pack(index: DatasetIndex, out: str | Path, *, max_side: int | None = N
     max_side: pre-resize so the longer side is at most this many pixels (boxes scaled
         to match); None keeps the decoded size. Unreadable images are left out and listed.
     """
-    from boxforge.data.loading import read_image
-
     if index.task != "detect":
         raise DatasetError(f"pack needs a detection dataset; this one has task {index.task!r}")
     out = Path(out)
@@ -89,8 +87,7 @@ def write_pack(index: DatasetIndex, out: str | Path, *, max_side: int | None = N
     ids, offsets, shapes, crcs = [], [0], [], []
     boxes, labels, difficult, box_offsets = [], [], [], [0]
     skipped: list[tuple[str, str]] = []
-    tmp = out / (PIXELS + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_path(out / PIXELS) as tmp, open(tmp, "wb") as fh:
         for s in index.samples:
             try:
                 if s.image_path is None:
@@ -113,20 +110,20 @@ def write_pack(index: DatasetIndex, out: str | Path, *, max_side: int | None = N
             labels.append(s.labels.astype(np.int64))
             difficult.append(s.difficult.astype(bool))
             box_offsets.append(box_offsets[-1] + len(s.boxes))
-    np.savez(out / INDEX, ids=np.array(ids, dtype=np.str_), offsets=np.array(offsets, np.int64),
-             shapes=np.array(shapes, np.int64).reshape(-1, 2), crc32=np.array(crcs, np.uint32),
-             boxes=np.concatenate(boxes).reshape(-1, 4) if boxes else np.zeros((0, 4), np.float32),
-             labels=np.concatenate(labels) if labels else np.zeros((0,), np.int64),
-             difficult=np.concatenate(difficult) if difficult else np.zeros((0,), bool),
-             box_offsets=np.array(box_offsets, np.int64))
-    os.replace(tmp, out / PIXELS)
+    with atomic_path(out / INDEX) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, ids=np.array(ids, dtype=np.str_), offsets=np.array(offsets, np.int64),
+                 shapes=np.array(shapes, np.int64).reshape(-1, 2), crc32=np.array(crcs, np.uint32),
+                 boxes=np.concatenate(boxes).reshape(-1, 4) if boxes else np.zeros((0, 4), np.float32),
+                 labels=np.concatenate(labels) if labels else np.zeros((0,), np.int64),
+                 difficult=np.concatenate(difficult) if difficult else np.zeros((0,), bool),
+                 box_offsets=np.array(box_offsets, np.int64))
     kept = set(ids)
     for name, members in index.splits.items():
-        (out / f"{name}.txt").write_text("".join(f"{i}\n" for i in members if i in kept), encoding="utf-8")
+        atomic_write(out / f"{name}.txt", "".join(f"{i}\n" for i in members if i in kept))
     meta = {"format": PACK_FORMAT, "version": PACK_VERSION, "classes": list(index.classes), "source": str(index.root),
             "source_format": index.format, "max_side": max_side, "images": len(ids), "bytes": offsets[-1],
             "splits": sorted(index.splits), "skipped": [{"image_id": i, "reason": r} for i, r in skipped]}
-    (out / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    atomic_write(out / META, json.dumps(meta, indent=2) + "\n")
     return PackReport(out, len(ids), box_offsets[-1], offsets[-1], skipped)
 
 

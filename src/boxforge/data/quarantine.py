@@ -20,6 +20,7 @@ from pathlib import Path
 from boxforge.data.index import DatasetIndex
 from boxforge.data.problems import Problem
 from boxforge.errors import BoxforgeError
+from boxforge.files import atomic_write
 
 MANIFEST = "manifest.json"
 PER_IMAGE_ANNOTATIONS = {"voc", "yolo"}
@@ -73,7 +74,7 @@ def quarantine(index: DatasetIndex, problems: list[Problem], qdir: Path) -> Path
     qdir.mkdir(parents=True, exist_ok=True)
     doc = {"version": 1, "root": str(root), "moves": entries,
            "note": "shared annotation files (COCO JSON, text lists) are not moved" if index.format not in PER_IMAGE_ANNOTATIONS else ""}
-    _write_atomic(manifest_path, json.dumps(doc, indent=2))
+    atomic_write(manifest_path, json.dumps(doc, indent=2))
     for entry in entries:
         dst = Path(entry["quarantined"])
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -107,11 +108,3 @@ def undo(manifest_path: Path) -> UndoResult:
         restored += 1
     return UndoResult(restored, in_place)
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

@@ -11,37 +11,36 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+import random
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 
-from boxforge.config import TrainConfig
+from boxforge import checkpoint as ckpt
+from boxforge.checkpoint import State
+from boxforge.config import TrainConfig, save_config
 from boxforge.data import splits
-from boxforge.data.splits import TrainVal
+from boxforge.data.index import DatasetIndex
+from boxforge.data.loading import make_loader
 from boxforge.engine.distributed import DistInfo
+from boxforge.engine.ema import ema_update_fn
 from boxforge.engine.logging import MetricsLog
-from boxforge.engine.tasks import Task
+from boxforge.engine.multiscale import TrainSizes, describe as describe_sizes, train_sizes
+from boxforge.engine.sampler import ResumableSampler, SeededDataset
+from boxforge.engine.sync_bn import convert_sync_bn
+from boxforge.engine.tasks import Task, check_index_task, make_task
+from boxforge.engine.threads import keep_checkpoint_threads
+from boxforge.data.splits import TrainVal
 from boxforge.errors import BoxforgeError
+from boxforge.files import write_json
 from boxforge.models import get_model
 from boxforge.models.transfer import freeze_backbone
 
 DEFAULT_LR = {"sgd": 0.02, "adamw": 0.002}  # for batch 16; scaled linearly with the global batch
 DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05}
-
-
-def resolve_device(name: str, info: DistInfo) -> torch.device:
-    """auto: CUDA when present, one GPU per local rank (cuda:LOCAL_RANK), as torchrun and the references do."""
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise BoxforgeError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-        count = torch.cuda.device_count()
-        if info.local_rank >= count:
-            raise BoxforgeError(f"--device {name}: local rank {info.local_rank} needs cuda:{info.local_rank}, but this "
-                                f"machine has {count} CUDA device(s); start at most {count} process(es) per machine "
-                                f"(torchrun --nproc_per_node {count}) or train on CPU with --device cpu")
-        return torch.device("cuda", info.local_rank)
-    return torch.device("cpu")
 
 
 @contextmanager
@@ -136,13 +135,15 @@ def fitted_anchors(cfg: TrainConfig, index: Any, resume: dict[str, Any] | None, 
     if cfg.anchors != "auto" or resume is not None:
         return None
     from boxforge.models.anchors import default_shapes, fit_anchor_shapes, mean_best_iou, relative_box_shapes
-    from boxforge.models.detection import ANCHOR_LAYOUT
+    from boxforge.models import MODELS
 
-    if cfg.model not in ANCHOR_LAYOUT:
+    layout = MODELS[cfg.model].anchor_layout
+    if layout is None:
+        fitted = sorted(name for name, s in MODELS.items() if s.anchor_layout)
         raise BoxforgeError(f"--anchors auto: {cfg.model} keeps its own default boxes (its pretrained head depends "
-                            f"on them); fitted anchors are for: {', '.join(sorted(ANCHOR_LAYOUT))}")
+                            f"on them, or it has none); fitted anchors are for: {', '.join(fitted)}")
     wh = relative_box_shapes(index)
-    shapes = fit_anchor_shapes(wh, *ANCHOR_LAYOUT[cfg.model], seed=cfg.seed)
+    shapes = fit_anchor_shapes(wh, *layout, seed=cfg.seed)
     default = default_shapes(get_model(cfg.model, num_classes=1).model.anchor_generator)
     log.print(f"anchors fitted to {len(wh)} training boxes (k-means, 1 - IoU): mean best IoU "
               f"{mean_best_iou(wh, shapes):.3f} (the default boxes: {mean_best_iou(wh, default):.3f}); (w, h) per "
@@ -184,3 +185,102 @@ def _maybe_freeze(cfg: TrainConfig, model: nn.Module, log: MetricsLog) -> nn.Mod
         frozen = freeze_backbone(model)
         log.print(f"froze the backbone: {frozen} parameters, BatchNorm statistics fixed")
     return model
+
+
+@dataclass
+class TrainRun:
+    """A run's parts, built once by `prepare_run`; the loop (engine/loop.py) takes this and nothing else.
+
+    model: the Detector or classifier (on `device`); train_model: the same wrapped in DDP under torchrun.
+    sizes: --multi-scale's input size per batch (None: the fixed size). state: where the run starts
+    (a resumed checkpoint's position, else the beginning).
+    """
+
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    run_dir: Path
+    log: MetricsLog
+    task: Task
+    model: nn.Module
+    train_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: AveragedModel | None
+    scaler: torch.amp.GradScaler
+    plan: Plan
+    base_lr: float
+    sampler: ResumableSampler
+    loader: Any
+    val_index: DatasetIndex | None
+    sizes: TrainSizes | None
+    state: State
+
+
+def prepare_run(cfg: TrainConfig, info: DistInfo, device: torch.device, run_dir: Path, log: MetricsLog) -> TrainRun:
+    """Everything the loop needs, in order: resume point, data (split policy), task, model, loader, optimizer,
+    EMA, scaler, plan; writes config.yaml and splits.json (main rank) and logs what it chose."""
+    resume = find_resume(cfg, run_dir, log)
+    if resume is not None and (note := keep_checkpoint_threads(cfg, resume.get("threads"))):
+        log.print(note)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    chosen = load_train_val(cfg)
+    train_index, val_index = chosen.train, chosen.val
+    for line in chosen.summary() + chosen.notes:
+        log.print(line)
+    task = make_task(cfg, train_index.classes)
+    for what, index in (("training", train_index), ("validation", val_index)):
+        if index is not None:
+            check_index_task(task, index, what)
+    model = build_model(cfg, train_index.classes, resume, log, fitted_anchors(cfg, train_index, resume, log),
+                        input_size(cfg, train_index, task, log) if resume is None else None)
+    sizes = train_sizes(cfg.multi_scale, model, cfg.seed)
+    if sizes is not None:
+        log.print(describe_sizes(sizes, int(model.img_size), cfg.multi_scale))
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir)
+        write_json(run_dir / "splits.json", chosen.to_json())
+    sampler = ResumableSampler(len(train_index), batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
+                               rank=info.rank, world_size=info.world_size)
+    dataset = SeededDataset(task.train_dataset(train_index, int(model.img_size)))
+    loader = make_loader(dataset, cfg.batch_size, workers=cfg.workers, sampler=sampler, timeout=cfg.stall_timeout,
+                         collate_fn=task.collate, pin_memory=device.type == "cuda")
+    if info.enabled and cfg.sync_bn:
+        log.print(f"--sync-bn: {convert_sync_bn(model, device)} BatchNorm layers normalise over all ranks")
+    model.to(device)
+    if cfg.channels_last and getattr(model, "prefers_channels_last", False):
+        model.to(memory_format=torch.channels_last)  # every detector: faster steps, see models/detector.py
+    lr = default_lr(cfg, info.world_size)
+    optimizer = build_optimizer(model, cfg, lr)
+    ema = AveragedModel(model, multi_avg_fn=ema_update_fn(cfg.ema_decay), use_buffers=True) if cfg.ema else None
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
+    state = State()
+    if resume is not None:
+        state = ckpt.restore_training_state(resume, model, optimizer, ema, scaler)
+    train_model: nn.Module = DistributedDataParallel(model) if info.enabled else model
+    plan = make_plan(cfg, sampler.batches_per_epoch())
+    names = ", ".join(train_index.classes[:10]) + (f", ... ({len(train_index.classes)} classes)"
+                                                   if len(train_index.classes) > 10 else "")
+    log.print(f"training {cfg.model} on {len(train_index)} images ({names}), "
+              f"{plan.iters_per_epoch} batches of {cfg.batch_size} per epoch"
+              f"{f' x {info.world_size} ranks' if info.enabled else ''}, lr {lr:g}, device {device}, "
+              f"threads {torch.get_num_threads()}; outputs in {run_dir}")
+    return TrainRun(cfg, info, device, run_dir, log, task, model, train_model, optimizer, ema, scaler, plan, lr,
+                    sampler, loader, val_index, sizes, state)
+
+
+def find_resume(cfg: TrainConfig, run_dir: Path, log: MetricsLog) -> dict[str, Any] | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume == "auto":
+        found = ckpt.find_resume(run_dir, log=log.print)
+        if found is None:
+            log.print(f"--resume auto: no checkpoint in {run_dir} yet; starting from scratch")
+            return None
+        log.print(f"resuming from {found[0]} (epoch {found[1]['epoch']}, iteration {found[1]['iteration']})")
+        return found[1]
+    state = ckpt.load_checkpoint(cfg.resume)
+    if not ckpt.is_boxforge_checkpoint(state):
+        raise BoxforgeError(f"{cfg.resume}: not a boxforge training checkpoint; use --weights for plain weights")
+    return state

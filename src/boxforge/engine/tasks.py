@@ -26,10 +26,10 @@ from torchvision.transforms import v2
 
 from boxforge.config import TrainConfig
 from boxforge.data.index import DatasetIndex
-from boxforge.data.loading import ClassificationDataset, DetectionDataset, detection_collate, make_loader
+from boxforge.data.loading import ClassificationDataset, DetectionDataset, detection_collate
 from boxforge.data.transforms import classification_transforms, detection_transforms
 from boxforge.errors import BoxforgeError
-from boxforge.evaluation.topk import TopKMeter
+from boxforge.evaluation import BEST_METRIC
 
 TASKS: tuple[str, ...] = ("detect", "classify")
 
@@ -49,15 +49,16 @@ class Task(Protocol):
 
     def describe_batch(self, targets: Any) -> str: ...
 
-    def validate(self, model: nn.Module, index: DatasetIndex, *, device: torch.device, batch_size: int,
-                 amp_dtype: torch.dtype | None) -> dict[str, float]: ...
+    def validate(self, model: nn.Module, index: DatasetIndex, *, device: torch.device,
+                 batch_size: int) -> dict[str, float]:
+        """Metrics on `index` through inference's batch runner, in float32, as `eval` computes them."""
 
 
 def resolve_task(cfg: TrainConfig) -> str:
     """--task if given (it must agree with the model), else the model's task from the registry."""
-    from boxforge.models import MODEL_TASKS, models_for
+    from boxforge.models import MODELS, models_for
 
-    model_task = MODEL_TASKS.get(cfg.model)
+    model_task = MODELS[cfg.model].task if cfg.model in MODELS else None
     if cfg.task is None:
         return model_task or "detect"
     if cfg.task not in TASKS:
@@ -85,7 +86,8 @@ def check_index_task(task: Task, index: DatasetIndex, what: str) -> None:
 class DetectTask:
     """SSD-style detectors: the model computes its own losses from (images, targets)."""
 
-    name, best_key, best_label = "detect", "voc12_map", "VOC12 mAP"
+    name = "detect"
+    best_key, best_label = BEST_METRIC["detect"]
     collate = staticmethod(detection_collate)
 
     def __init__(self, cfg: TrainConfig) -> None:
@@ -113,11 +115,11 @@ class DetectTask:
     def describe_batch(self, targets: list[dict[str, Any]]) -> str:
         return "last batch: " + ", ".join(t["image_id"] for t in targets)
 
-    def validate(self, model: nn.Module, index: DatasetIndex, *, device: torch.device, batch_size: int,
-                 amp_dtype: torch.dtype | None) -> dict[str, float]:
+    def validate(self, model: nn.Module, index: DatasetIndex, *, device: torch.device,
+                 batch_size: int) -> dict[str, float]:
         from boxforge.engine.validate import validate
 
-        return validate(model, index, device=device, batch_size=batch_size, amp_dtype=amp_dtype)
+        return validate(model, index, device=device, batch_size=batch_size)
 
 
 def mixup_cutmix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> nn.Module | None:
@@ -135,7 +137,8 @@ def mixup_cutmix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> n
 class ClassifyTask:
     """torchvision classifiers: logits (B, C), cross-entropy with label smoothing, MixUp/CutMix."""
 
-    name, best_key, best_label = "classify", "acc1", "Acc@1"
+    name = "classify"
+    best_key, best_label = BEST_METRIC["classify"]
     collate = None  # torch's default: (B, 3, S, S) float images, (B,) int64 labels
 
     def __init__(self, cfg: TrainConfig, num_classes: int) -> None:
@@ -168,27 +171,16 @@ class ClassifyTask:
 
     def losses(self, model: nn.Module, images: Tensor, targets: Tensor, *, size: int | None = None) -> dict[str, Tensor]:
         if size is not None:
-            raise ValueError("ClassifyTask: classifiers train at one input size (--multi-scale is refused)")
+            raise BoxforgeError("--multi-scale: classifiers train at one input size; it is for detectors")
         logits = model(images)
         return {"classification": self.criterion(logits.float(), targets)}
 
     def describe_batch(self, targets: Tensor) -> str:
         return f"last batch: {len(targets)} images"
 
-    def validate(self, model: nn.Module, index: DatasetIndex, *, device: torch.device, batch_size: int,
-                 amp_dtype: torch.dtype | None) -> dict[str, float]:
-        """loss, acc1, acc5 (percent) on `index` with the eval transforms (resize S/0.875, centre crop S)."""
-        meter = TopKMeter(list(index.classes))
-        dataset = ClassificationDataset(index, classification_transforms(False, int(model.img_size)))
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                for images, labels in make_loader(dataset, batch_size, workers=self.cfg.workers,
-                                                  timeout=self.cfg.stall_timeout):
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        logits = model(images.as_subclass(Tensor).to(device))
-                    meter.update(logits.float().softmax(dim=1), labels)
-        finally:
-            model.train(was_training)
-        return meter.summary()
+    def validate(self, model: nn.Module, index: DatasetIndex, *, device: torch.device,
+                 batch_size: int) -> dict[str, float]:
+        """loss, acc1, acc5 (percent) on `index`, centre-cropped as `eval` does (resize S/0.875, crop S)."""
+        from boxforge.engine.validate import validate_classifier
+
+        return validate_classifier(model, index, device=device, batch_size=batch_size, workers=self.cfg.workers)

@@ -4,7 +4,7 @@ Thread counts change float summation order, and so the weights: measured, a seed
 run ended 0.063 apart (largest weight difference) at 1 and 2 threads. A count chosen from the load
 at start would make the same command with the same seed give different models on a busy machine,
 so by default the count depends only on the machine (its cores, less none) and the local ranks.
-A resumed run keeps the count its checkpoint was trained with (engine/fit.py).
+A resumed run keeps the count its checkpoint was trained with (`keep_checkpoint_threads`, from engine/setup.py).
 
 Why adapting to load is still offered (bench/thread_split.py, 2 cores, batch 8): on idle cores every
 core trains fastest, even beside 2 data workers, which mostly sleep on a full prefetch queue; when

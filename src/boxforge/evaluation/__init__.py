@@ -6,21 +6,35 @@ file, no torch. `evaluate_detections` is what the `evaluate` command calls.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from boxforge.data.index import DatasetIndex
 from boxforge.evaluation.coco import evaluate_coco, summary_lines
+from boxforge.evaluation.matching import mean_matched_iou
 from boxforge.evaluation.predictions import (FlatPredictions, ImagePredictions, Predictions, PredictionsError,
                                              load_predictions, save_predictions)
 from boxforge.evaluation.table import format_table
 from boxforge.evaluation.voc import VOC_METRICS, evaluate_voc
 
-__all__ = ["METRICS", "FlatPredictions", "ImagePredictions", "Predictions", "PredictionsError", "evaluate_coco",
+__all__ = ["BEST_METRIC", "METRICS", "mean_matched_iou", "summary_metrics", "FlatPredictions", "ImagePredictions", "Predictions", "PredictionsError", "evaluate_coco",
            "evaluate_detections", "evaluate_voc", "format_table", "load_predictions", "save_predictions",
            "summary_lines"]
 
 METRICS: tuple[str, ...] = ("voc07", "voc12", "coco")
+# The metric that chooses a run's best.pt, per task, and how logs name it (higher is better): training
+# (engine/tasks.py) and `eval --weights A B ...` (inference/compare.py) choose by the same one.
+BEST_METRIC: dict[str, tuple[str, str]] = {"detect": ("voc12_map", "VOC12 mAP"), "classify": ("acc1", "Acc@1")}
+
+
+def summary_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """The flat numbers of metrics.jsonl (`voc07_map`, `voc12_map`, `coco_AP`, `coco_AP50`, `coco_AP75`) from
+    `evaluate_detections` results; NaN for a metric not computed."""
+    coco = results.get("coco", {})
+    out = {"voc07_map": results.get("voc07", {}).get("map"), "voc12_map": results.get("voc12", {}).get("map")}
+    out.update({f"coco_{key}": coco.get(key) for key in ("AP", "AP50", "AP75")})
+    return {k: float(v) if v is not None else math.nan for k, v in out.items()}
 
 
 def evaluate_detections(index: DatasetIndex, preds: Predictions, metrics: Sequence[str] = METRICS,

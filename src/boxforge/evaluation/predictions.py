@@ -24,10 +24,7 @@ have are always an error: the file belongs to another dataset.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +34,10 @@ import numpy as np
 
 from boxforge.data.formats.coco import load_json
 from boxforge.data.index import DatasetIndex
-from boxforge.errors import BoxforgeError
+from boxforge.errors import PredictionsError
+from boxforge.files import write_json
 
 MAX_NAMED = 5  # unknown ids/classes listed by name in an error; the rest are counted
-
-
-class PredictionsError(BoxforgeError):
-    """A predictions file (or a Predictions object) does not fit the dataset it is evaluated on."""
 
 
 @dataclass
@@ -133,6 +127,13 @@ class Predictions:
             boxes=np.concatenate([p.boxes for _, p in parts]),
             scores=np.concatenate([p.scores for _, p in parts]),
             labels=np.concatenate([p.labels for _, p in parts]))
+
+
+def class_mapping(names: Sequence[str], onto: Sequence[str]) -> np.ndarray:
+    """(len(names),) int64: the index of each name in `onto`, -1 where `onto` lacks it. Classes are matched
+    by name everywhere (a model trained with another class order still evaluates correctly)."""
+    position = {name: i for i, name in enumerate(onto)}
+    return np.array([position.get(name, -1) for name in names], dtype=np.int64)
 
 
 def check_image_ids(found: Any, known: Any, where: str = "predictions") -> None:
@@ -255,8 +256,13 @@ def _is_key(value: Any) -> bool:
     return isinstance(value, (int, float, str)) and not isinstance(value, bool)
 
 
-def save_predictions(preds: Predictions, classes: Sequence[str], path: str | Path) -> Path:
-    """Write `preds` as a boxforge predictions file (atomically), labels written as names from `classes`."""
+def save_predictions(preds: Predictions, classes: Sequence[str], path: str | Path, *,
+                     images: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write `preds` as a boxforge predictions file (atomically), labels written as names from `classes`.
+
+    The one writer of the format (eval --save-predictions and predict both call it). images: predict's
+    `[{image, path, width, height}]` of every image read; extra: more top-level keys ("model", "settings").
+    """
     path = Path(path)
     classes = list(classes)
     entries = []
@@ -266,13 +272,8 @@ def save_predictions(preds: Predictions, classes: Sequence[str], path: str | Pat
                                    f"({len(classes)} classes given)")
         for box, score, label in zip(p.boxes.tolist(), p.scores.tolist(), p.labels.tolist()):
             entries.append({"image": image_id, "label": classes[label], "score": score, "box": box})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"classes": classes, "predictions": entries}, fh, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    doc: dict[str, Any] = {"classes": classes, "predictions": entries}
+    if images is not None:
+        doc["images"] = images
+    write_json(path, {**doc, **(extra or {})})
     return path

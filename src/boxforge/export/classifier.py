@@ -1,6 +1,6 @@
 """Export a classification checkpoint to ONNX: normalisation and softmax inside the graph.
 
-The graph (`classifier.ProbabilityModel`) takes `images (B, 3, S, S)` float32 RGB in 0..1 (the
+The graph (`models.classification.ProbabilityModel`) takes `images (B, 3, S, S)` float32 RGB in 0..1 (the
 picture's short side resized to S / 0.875, then centre-cropped to S: training's evaluation
 transform) and returns `probabilities (B, C)`. Metadata (`onnx.load(path).metadata_props`): task
 "classify", model_name, img_size, resize_size, class_names (JSON), normalization (JSON),
@@ -11,19 +11,20 @@ agree (same top-1, probabilities within PARITY_ATOL); a mismatch is an error and
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from boxforge.classifier import OnnxClassifier, ProbabilityModel, load_classifier, preprocess
-from boxforge.data.loading import read_image
+from boxforge.data.images import read_image
 from boxforge.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from boxforge.export.onnx import DEFAULT_OPSET, ExportError, save_with_metadata
-from boxforge.predictor import ModelMeta
+from boxforge.files import atomic_path
+from boxforge.inference.backends import ModelMeta, OnnxClassifier, OnnxSession
+from boxforge.inference.batches import classifier_input
+from boxforge.inference.load import LoadedModel
+from boxforge.models.classification import ProbabilityModel
 
 PARITY_ATOL = 1e-4
 INPUT_FORMAT = ("images: (B, 3, S, S) float32 RGB in 0..1: short side resized to S / 0.875, centre crop S; "
@@ -50,25 +51,19 @@ class ClassifierExportReport:
                 f"  {parity}")
 
 
-def export_classifier(weights: str | Path, out: str | Path, *, img_size: int | None = None,
-                      opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
-                      check_images: list[str | Path] | None = None, check: bool = True,
-                      prefer_ema: bool = True) -> ClassifierExportReport:
-    """Write `out` (.onnx) from the classification checkpoint `weights` and check it (see module docstring)."""
-    model, meta = load_classifier(weights, "cpu", prefer_ema=prefer_ema)
-    size = int(img_size or meta.img_size)  # torchvision classifiers pool adaptively: any size runs
+def export_classifier(loaded: LoadedModel, out: str | Path, *, opset: int = DEFAULT_OPSET,
+                      dynamic_batch: bool = False, check_images: list[str | Path] | None = None,
+                      check: bool = True) -> ClassifierExportReport:
+    """Write `out` (.onnx) from the loaded classification checkpoint and check it (see module docstring).
+
+    The crop size is the one `loaded` was opened with (torchvision classifiers pool adaptively)."""
+    model, meta = loaded.module, loaded.meta
+    size = int(meta.img_size)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".onnx", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(out) as tmp:  # a failed check leaves no file
         _trace(model, tmp, size, opset, dynamic_batch)
         _write_metadata(tmp, meta, size)
         diff = _check_parity(model, tmp, size, check_images) if check else None
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ClassifierExportReport(out, size, opset, dynamic_batch, meta.weights, diff, out.stat().st_size)
 
 
@@ -106,13 +101,13 @@ def _write_metadata(path: Path, meta: ModelMeta, size: int) -> None:
 def _check_parity(model: ProbabilityModel, path: Path, size: int, images: list[str | Path] | None) -> float:
     """Largest probability difference between checkpoint and file; raises ExportError past PARITY_ATOL."""
     if images:
-        transform = preprocess(size)
+        transform = classifier_input(size)
         batch = torch.stack([transform(read_image(Path(p))).as_subclass(torch.Tensor) for p in images])
     else:
         batch = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(batch)
-    got = OnnxClassifier(path, torch.device("cpu")).run(batch)
+    got = OnnxClassifier(OnnxSession(path, torch.device("cpu"))).run(batch)
     diff = float((got - expected).abs().max())
     if diff > PARITY_ATOL or not torch.equal(got.argmax(1), expected.argmax(1)):
         raise ExportError(f"{path}: parity check failed: probabilities differ by up to {diff:.2e} "

@@ -2,7 +2,7 @@
 
 torchvision's `SSD.forward` is not that graph: its GeneralizedRCNNTransform normalises and resizes
 image by image in Python, and its post-processing loops over classes with data-dependent shapes.
-`ExportableSSD` reuses the model's own parts (backbone, head, anchors, box coder) and does the rest
+`ExportableDetector` reuses the model's own parts (backbone, head, anchors, box coder) and does the rest
 with batched tensor operations:
 
     images (B, 3, S, S) float32 RGB 0..1
@@ -69,7 +69,7 @@ def model_anchors(ssd: nn.Module, img_size: int) -> Tensor:
     return anchors.float()
 
 
-class ExportableSSD(nn.Module):
+class ExportableDetector(nn.Module):
     """A Detector's SSD as one batched graph; see the module docstring for inputs and outputs.
 
     score_thresh, iou_thresh, max_det: post-processing baked into the graph (torchvision's
@@ -143,9 +143,9 @@ class ExportableSSD(nn.Module):
 
 
 class RawOutputs(nn.Module):
-    """`ExportableSSD.raw` as a module of its own (the parity check exports it to compare the network alone)."""
+    """`ExportableDetector.raw` as a module of its own (the parity check exports it to compare the network alone)."""
 
-    def __init__(self, graph: ExportableSSD) -> None:
+    def __init__(self, graph: ExportableDetector) -> None:
         super().__init__()
         self.graph = graph
 

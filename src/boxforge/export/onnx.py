@@ -16,18 +16,18 @@ the export runs both the checkpoint and the file on a few images and compares th
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from boxforge.errors import BoxforgeError
-from boxforge.export.graph import ExportableSSD
+from boxforge.errors import ExportError
+from boxforge.files import atomic_path
+from boxforge.export.graph import ExportableDetector
 from boxforge.export.parity import ParityReport, check_parity
-from boxforge.predictor import ModelMeta, load_detector
+from boxforge.inference.backends import ModelMeta
+from boxforge.inference.load import LoadedModel
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 11
@@ -37,10 +37,6 @@ INPUT_FORMAT = ("images: (B, 3, S, S) float32 RGB in 0..1, the picture resized t
 OUTPUT_FORMAT = ("boxes (B, K, 4) float32 xyxy in input pixels; scores (B, K) float32; labels (B, K) int64, "
                  "0-based into class_names; num_detections (B,) int64: rows past it are padding "
                  "(zero box and score, label -1); rows sorted by score")
-
-
-class ExportError(BoxforgeError):
-    """The model could not be exported, or the exported file does not behave like the checkpoint."""
 
 
 @dataclass
@@ -64,11 +60,12 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def export_onnx(weights: str | Path, out: str | Path, *, img_size: int | None = None, opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = False, score_thresh: float = 0.001, iou_thresh: float | None = None,
-                max_det: int = 100, check_images: list[str | Path] | None = None, check: bool = True,
-                prefer_ema: bool = True) -> ExportReport:
-    """Export the checkpoint `weights` to `out` (.onnx) and check it against the checkpoint.
+def export_onnx(loaded: LoadedModel, out: str | Path, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
+                score_thresh: float = 0.001, iou_thresh: float | None = None, max_det: int = 100,
+                check_images: list[str | Path] | None = None, check: bool = True) -> ExportReport:
+    """Export the loaded detection checkpoint to `out` (.onnx) and check it against the checkpoint.
+
+    The input size and the weights (EMA or raw) are the ones `loaded` was opened with.
 
     score_thresh, iou_thresh (NMS; default: the model's), max_det: baked into the graph. The defaults
     suit evaluation (mAP wants low-score detections); `predict` filters higher thresholds afterwards.
@@ -79,7 +76,7 @@ def export_onnx(weights: str | Path, out: str | Path, *, img_size: int | None = 
     if not 0.0 <= score_thresh < 1.0 or max_det < 1:
         raise ExportError(f"score_thresh {score_thresh} must be in [0, 1) and max_det {max_det} >= 1")
     out = Path(out)
-    model, meta = load_detector(weights, "cpu", prefer_ema=prefer_ema, img_size=img_size)
+    model, meta = loaded.module, loaded.meta
     size = int(meta.img_size)
     settings = {"score_thresh": float(score_thresh), "nms_thresh": float(iou_thresh if iou_thresh is not None
                                                                            else model.model.nms_thresh),
@@ -87,13 +84,9 @@ def export_onnx(weights: str | Path, out: str | Path, *, img_size: int | None = 
     if not 0.0 < settings["nms_thresh"] <= 1.0:
         raise ExportError(f"iou_thresh {settings['nms_thresh']} must be in (0, 1]")
     model.set_postprocess(**settings)
-    graph = ExportableSSD(model, score_thresh=settings["score_thresh"], iou_thresh=settings["nms_thresh"],
+    graph = ExportableDetector(model, score_thresh=settings["score_thresh"], iou_thresh=settings["nms_thresh"],
                           max_det=settings["detections_per_img"], topk_candidates=settings["topk_candidates"]).eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".onnx", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(out) as tmp:  # a failed check leaves no file
         _trace(graph, tmp, size, opset, dynamic_batch)
         _write_metadata(tmp, meta, model, size, settings)
         parity = None
@@ -102,13 +95,10 @@ def export_onnx(weights: str | Path, out: str | Path, *, img_size: int | None = 
             if not parity.ok:
                 raise ExportError(f"{out}: parity check failed, the ONNX model does not reproduce the checkpoint: "
                                   f"{parity.summary()}")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportReport(out, size, opset, dynamic_batch, settings, meta.weights, parity, out.stat().st_size)
 
 
-def _trace(graph: ExportableSSD, path: Path, size: int, opset: int, dynamic_batch: bool) -> None:
+def _trace(graph: ExportableDetector, path: Path, size: int, opset: int, dynamic_batch: bool) -> None:
     example = torch.rand(2 if dynamic_batch else 1, 3, size, size)
     axes = {name: {0: "batch"} for name in ("images", *OUTPUT_NAMES)} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():

@@ -23,7 +23,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.ops import box_iou
 
-from boxforge.data.loading import read_image
+from boxforge.data.images import read_image
 from boxforge.data.transforms import detection_transforms
 from boxforge.errors import BoxforgeError
 
@@ -146,9 +146,9 @@ def _run_raw(graph: torch.nn.Module, batch: torch.Tensor) -> tuple[np.ndarray, n
 
 def check_parity(model: torch.nn.Module, graph: torch.nn.Module, onnx_path: Path, size: int,
                  images: list[str | Path] | None = None) -> ParityReport:
-    """Compare `model` (a Detector, post-processing set as exported) and its `graph` (ExportableSSD) with the
+    """Compare `model` (a Detector, post-processing set as exported) and its `graph` (ExportableDetector) with the
     ONNX file at `onnx_path`, on `images` (default: SYNTHETIC_IMAGES synthetic ones)."""
-    from boxforge.predictor import ModelMeta, OnnxBackend, TorchBackend
+    from boxforge.inference.backends import ModelMeta, OnnxDetector, OnnxSession, TorchDetector
 
     batch = load_batch([Path(p) for p in images], size) if images else synthetic_batch(size)
     report = ParityReport(images=len(batch))
@@ -164,8 +164,8 @@ def check_parity(model: torch.nn.Module, graph: torch.nn.Module, onnx_path: Path
     thresh, max_det = float(settings["score_thresh"]), int(settings["detections_per_img"])
     tol = 2 * report.raw_score_diff + 1e-6  # numeric noise: scores closer than this may swap order
     meta = ModelMeta(Path("<checkpoint>"), "checkpoint", model.name, list(model.class_names), size)
-    torch_out = TorchBackend(model, meta, torch.device("cpu")).run(batch)
-    onnx_out = OnnxBackend(Path(onnx_path), torch.device("cpu")).run(batch)
+    torch_out = TorchDetector(model, meta, torch.device("cpu")).run(batch)
+    onnx_out = OnnxDetector(OnnxSession(Path(onnx_path), torch.device("cpu"))).run(batch)
     for k, (ref, got) in enumerate(zip(torch_out, onnx_out)):
         ties = tie_levels(ref_scores[k], thresh, int(settings["topk_candidates"]), tol)
         where = f"image {images[k] if images else f'synthetic {k}'}"

@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 from torchvision import models as tvm
 
-from boxforge.errors import BoxforgeError
+from boxforge.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from boxforge.errors import BoxforgeError, ModelError
 from boxforge.models.transfer import load_matching
 from boxforge.models.weights import resolve_state_dict
 
@@ -34,14 +36,14 @@ def build_classifier(name: str, *, num_classes: int, weights: str | Path | None 
                      class_names: Sequence[str] | None = None) -> nn.Module:
     """Build torchvision classifier `name` with `num_classes` outputs and load `weights` if given."""
     if name not in TORCHVISION_CLASSIFIERS:
-        raise ValueError(f"unknown classifier {name!r}; choose one of: {', '.join(TORCHVISION_CLASSIFIERS)}")
+        raise ModelError(f"unknown classifier {name!r}; choose one of: {', '.join(TORCHVISION_CLASSIFIERS)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"{name}: num_classes={num_classes!r}; allowed: an integer >= 1")
+        raise ModelError(f"{name}: num_classes={num_classes!r}; allowed: an integer >= 1")
     if weights_backbone is not None:
         raise BoxforgeError(f"{name}: classifiers take --weights only, not --weights-backbone")
     names = [f"class{i}" for i in range(num_classes)] if class_names is None else [str(c) for c in class_names]
     if len(names) != num_classes:
-        raise ValueError(f"{name}: {len(names)} class_names for num_classes={num_classes}")
+        raise ModelError(f"{name}: {len(names)} class_names for num_classes={num_classes}")
     make, enum = TORCHVISION_CLASSIFIERS[name]
     model = make(weights=None, num_classes=num_classes)
     model.class_names, model.img_size, model.transfer_report = names, img_size or 224, None
@@ -70,3 +72,20 @@ mobilenet_v2 = _builder("mobilenet_v2")
 shufflenet_v2_x1_0 = _builder("shufflenet_v2_x1_0")
 resnet18 = _builder("resnet18")
 resnet50 = _builder("resnet50")
+
+
+class ProbabilityModel(nn.Module):
+    """(B, 3, S, S) float RGB in 0..1 -> (B, C) softmax probabilities: normalise, classify, softmax.
+
+    What `predict`/`eval` run and exactly the graph `export` writes, so the three agree.
+    """
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model((images - self.mean) / self.std).float().softmax(dim=1)

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.ssd import SSD
 
+from boxforge.errors import ModelError
+
 LABEL_OFFSET = 1  # torchvision SSD: class 0 is background
 POSTPROCESS_FIELDS: tuple[str, ...] = ("score_thresh", "nms_thresh", "detections_per_img", "topk_candidates")
 
@@ -86,7 +88,7 @@ class Detector(nn.Module):
         """Change eval-time filtering, e.g. `set_postprocess(score_thresh=0.3)` for a demo, 0.001 for mAP."""
         unknown = sorted(set(settings) - set(POSTPROCESS_FIELDS))
         if unknown:
-            raise ValueError(f"unknown postprocess setting(s) {', '.join(unknown)}; "
+            raise ModelError(f"unknown postprocess setting(s) {', '.join(unknown)}; "
                              f"choose from: {', '.join(POSTPROCESS_FIELDS)}")
         for key, value in settings.items():
             setattr(self.model, key, value)
@@ -94,11 +96,11 @@ class Detector(nn.Module):
     def check_train_size(self, size: int) -> None:
         """ValueError unless a training batch may be resized to `size` x `size` (see `forward`'s size)."""
         if size < self.min_size:
-            raise ValueError(f"{self.name}: a training size of {size} px is below its smallest input, "
+            raise ModelError(f"{self.name}: a training size of {size} px is below its smallest input, "
                              f"{self.min_size} px")
         steps = getattr(getattr(self.model, "anchor_generator", None), "steps", None)
         if steps is not None and size != self.img_size:
-            raise ValueError(f"{self.name} at {self.img_size} px places its default boxes with fixed steps {steps}, "
+            raise ModelError(f"{self.name} at {self.img_size} px places its default boxes with fixed steps {steps}, "
                              f"which fit that size only; build it at another img_size (e.g. 320), where they follow each "
                              "feature map's grid")
 

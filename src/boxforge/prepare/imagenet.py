@@ -26,6 +26,7 @@ from pathlib import Path
 
 from boxforge.errors import BoxforgeError
 from boxforge.prepare.devkit import Devkit, read_devkit
+from boxforge.files import atomic_write
 
 VAL_NAME = "ILSVRC2012_val_{:08d}.JPEG"
 MANIFEST = "boxforge-prepare-manifest.json"
@@ -84,7 +85,7 @@ def _write_class_map(kit: Devkit, folder: Path, report: PrepareReport) -> None:
     path = folder / CLASS_MAP
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
-    _write_atomic(path, text)
+    atomic_write(path, text)
     report.written.append(path)
 
 
@@ -119,7 +120,7 @@ def _prepare_val(kit: Devkit, val_dir: Path, report: PrepareReport) -> None:
         earlier = _read_manifest(manifest)["moves"] if manifest.is_file() else []
         seen = {m["file"] for m in earlier}
         entries = earlier + [{"file": name, "wnid": wnid} for name, wnid in moves if name not in seen]
-        _write_atomic(manifest, json.dumps({"version": 1, "kind": "imagenet-val", "moves": entries}, indent=0))
+        atomic_write(manifest, json.dumps({"version": 1, "kind": "imagenet-val", "moves": entries}, indent=0))
         for wnid in sorted({w for _, w in moves}):
             (val_dir / wnid).mkdir(exist_ok=True)
         for name, wnid in moves:
@@ -191,11 +192,3 @@ def undo_imagenet(manifest: str | Path) -> tuple[int, int]:
             folder.rmdir()
     return restored, already
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

@@ -23,7 +23,7 @@ if os.environ.get("BOXFORGE_TEST_KILL_AFTER_SAVE") or os.environ.get("BOXFORGE_T
     _real_save = _ckpt.save_checkpoint
 
     class _TornOs:
-        """`os` for boxforge.checkpoint only: fsync of the N-th save's temp file tears it and kills us."""
+        """`os` for boxforge.files (the atomic writer) only: fsync of the N-th save's temp file tears it and kills us."""
 
         def __getattr__(self, name):
             return getattr(os, name)
@@ -31,7 +31,7 @@ if os.environ.get("BOXFORGE_TEST_KILL_AFTER_SAVE") or os.environ.get("BOXFORGE_T
         @staticmethod
         def fsync(fd):
             target = os.readlink(f"/proc/self/fd/{fd}")
-            if _saves[0] + 1 == _during and ".tmp-" in os.path.basename(target):
+            if _saves[0] + 1 == _during and ".pt.tmp-" in os.path.basename(target):  # a checkpoint's temp
                 os.ftruncate(fd, os.fstat(fd).st_size // 2)
                 os.kill(os.getpid(), signal.SIGKILL)
             return os.fsync(fd)
@@ -43,12 +43,15 @@ if os.environ.get("BOXFORGE_TEST_KILL_AFTER_SAVE") or os.environ.get("BOXFORGE_T
             os.kill(os.getpid(), signal.SIGKILL)
         return result
 
-    _ckpt.os = _TornOs()
+    import boxforge.files as _files
+
+    _files.os = _TornOs()
     _ckpt.save_checkpoint = _save
 
 if os.environ.get("BOXFORGE_TEST_STALL_READ"):
     import multiprocessing
 
+    import boxforge.data.cache as _cache
     import boxforge.data.loading as _loading
 
     _flag = os.environ["BOXFORGE_TEST_STALL_READ"]
@@ -60,4 +63,5 @@ if os.environ.get("BOXFORGE_TEST_STALL_READ"):
             os.read(reader, 1)  # blocks in the kernel: no writer ever writes
         return _real_read(path, *args, **kwargs)
 
-    _loading.read_image = _read_image
+    _loading.read_image = _read_image  # uncached reads
+    _cache.read_image = _read_image  # a --cache ram/auto first read

@@ -22,6 +22,8 @@ from typing import Any
 
 from boxforge.data.index import DatasetIndex
 from boxforge.errors import BoxforgeError
+from boxforge.evaluation import BEST_METRIC, summary_metrics
+from boxforge.inference.load import LoadedModel, load_model, load_pretrained_classifier, peek_task
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 # (row key, column title) per task; the keys are validation's (metrics.jsonl) names.
@@ -136,20 +138,17 @@ def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def _detection_metrics(results: dict[str, Any]) -> dict[str, float | None]:
-    coco = results.get("coco", {})
-    return {"voc07_map": _finite(results.get("voc07", {}).get("map")),
-            "voc12_map": _finite(results.get("voc12", {}).get("map")),
-            "coco_AP": _finite(coco.get("AP")), "coco_AP50": _finite(coco.get("AP50"))}
+def _best(rows: list[Row], key: str) -> int | None:
+    scored = [(row.metrics.get(key), -i) for i, row in enumerate(rows) if row.metrics.get(key) is not None]
+    return -max(scored)[1] if scored else None  # the first of equals wins
 
 
 def _common_task(weights: list[str], task: str | None, model: str | None) -> str:
-    """The one task every checkpoint holds ("detect" or "classify"), agreeing with --task if given."""
+    """The one task every file holds ("detect" or "classify"), agreeing with --task if given; checked before
+    the first evaluation (each file's task is peeked at, not loaded)."""
     if model is not None:
         return "classify"
-    from boxforge.classifier import model_task
-
-    tasks = {w: model_task(w) for w in weights}
+    tasks = {w: peek_task(w) for w in weights}
     found = sorted(set(tasks.values()))
     if len(found) > 1:
         shown = ", ".join(f"{w} ({t})" for w, t in tasks.items())
@@ -159,53 +158,51 @@ def _common_task(weights: list[str], task: str | None, model: str | None) -> str
     return found[0]
 
 
-def _best(rows: list[Row], key: str) -> int | None:
-    scored = [(row.metrics.get(key), -i) for i, row in enumerate(rows) if row.metrics.get(key) is not None]
-    return -max(scored)[1] if scored else None  # the first of equals wins
+def _open(spec: str, model: str | None, device: str, prefer_ema: bool) -> LoadedModel:
+    return load_pretrained_classifier(model, spec, device) if model is not None else load_model(
+        spec, device, prefer_ema=prefer_ema)
 
 
 def compare_checkpoints(data: Any, weights: list[str], *, task: str | None = None, model: str | None = None,
                         split: str | None = None, format: str | None = None, metrics: Any = "all",
                         iou_thresh: float = 0.5, batch_size: int = 8, device: str = "auto", workers: int = 0,
-                        prefer_ema: bool = True, progress: bool = True, save_predictions_to: Any = None,
-                        plots: Any = None, strict_classes: bool = False) -> ComparisonReport:
+                        prefer_ema: bool = True, progress: bool = True,
+                        strict_classes: bool = False) -> ComparisonReport:
     """Evaluate each of `weights` (checkpoints, .onnx, or with `model` torchvision weight names) on the same
-    split of DATA, loaded once; rows in the order given, the best marked. Options as `api.evaluate`."""
-    from boxforge.classifying import evaluate_classifier
+    split of DATA, loaded once; each file opened once, one at a time; rows in the order given, the best
+    marked. Options as `api.evaluate`."""
     from boxforge.data.formats.detect import load_dataset
-    from boxforge.engine.tasks import ClassifyTask, DetectTask
-    from boxforge.evaluating import default_split, evaluate, resolve_metrics
+    from boxforge.inference.classify import evaluate_classifier
+    from boxforge.inference.evaluate import default_split, evaluate, resolve_metrics
 
-    if save_predictions_to is not None or plots is not None:
-        raise BoxforgeError("--save-predictions and --plots keep one model's output: give a single --weights")
-    kind = _common_task(weights, task, model)
     chosen = resolve_metrics(metrics)
     notes: list[str] = []
-    if kind == "detect" and "voc12" not in chosen:
-        chosen = resolve_metrics([*chosen, "voc12"])
-        notes.append("VOC12 mAP is computed too: it picks the best checkpoint, as it picks a run's best.pt")
     if isinstance(data, DatasetIndex):
         index, name = data, str(data.root)
     else:
         many = isinstance(data, (list, tuple)) and len(data) > 1
         one = data[0] if isinstance(data, (list, tuple)) and not many else data
-        index = load_dataset(one, split=split if split is not None else default_split(data), format=format)
+        index = load_dataset(one, split=split if split is not None else default_split(one, format), format=format)
         name = " ".join(map(str, data)) if isinstance(data, (list, tuple)) else str(data)
+    kind = _common_task(weights, task, model)
     rows: list[Row] = []
     for spec in weights:
+        loaded = _open(spec, model, device, prefer_ema)
         if kind == "classify":
-            report = evaluate_classifier(index, weights=spec, model=model, batch_size=batch_size, device=device,
-                                         workers=workers, prefer_ema=prefer_ema, progress=progress)
+            report = evaluate_classifier(index, model=loaded, batch_size=batch_size, workers=workers,
+                                         progress=progress)
             values = {"acc1": _finite(report.meter.acc1), "acc5": _finite(report.meter.acc5),
                       "loss": _finite(report.meter.loss)}
         else:
-            report = evaluate(index, weights=spec, metrics=chosen, iou_thresh=iou_thresh, batch_size=batch_size,
-                              device=device, workers=workers, prefer_ema=prefer_ema, progress=progress,
-                              strict_classes=strict_classes)
-            values = _detection_metrics(report.results)
+            if "voc12" not in chosen:
+                chosen = resolve_metrics([*chosen, "voc12"])
+                notes.append("VOC12 mAP is computed too: it picks the best checkpoint, as it picks a run's best.pt")
+            report = evaluate(index, model=loaded, metrics=chosen, iou_thresh=iou_thresh, batch_size=batch_size,
+                              workers=workers, progress=progress, strict_classes=strict_classes)
+            values = {k: _finite(v) for k, v in summary_metrics(report.results).items()}
         notes.extend(f"{spec}: {note}" for note in report.notes)
         rows.append(Row(spec, report.source, values, report))
-    best_key, best_label = ((ClassifyTask.best_key, ClassifyTask.best_label) if kind == "classify"
-                            else (DetectTask.best_key, DetectTask.best_label))
+        del loaded
+    best_key, best_label = BEST_METRIC[kind]
     return ComparisonReport(kind, name, index.split, len(index), rows, best_key, best_label, _best(rows, best_key),
                             notes, list(rows[0].report.skipped) if rows else [])

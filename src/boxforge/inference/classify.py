@@ -1,4 +1,4 @@
-"""`eval --task classify` and `predict` for classifiers: Acc@1/Acc@5 on a dataset, top-k on image files.
+"""`eval` and `predict` for classifiers: Acc@1/Acc@5 on a dataset, top-k on image files.
 
 Eval prints progress lines in the torchvision references' format,
 `Test: [ 100/1563] eta: 0:01:49 loss 1.1036 (0.8832) acc1 65.6 (77.3) acc5 90.6 (93.0) time 0.0459 data
@@ -20,35 +20,16 @@ from typing import Any, TextIO
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from boxforge.classifier import ClassifierBackend, load_classifier_backend, load_pretrained_classifier, preprocess
 from boxforge.data.formats.detect import load_dataset
 from boxforge.data.index import DatasetIndex
-from boxforge.data.loading import make_loader, read_image
 from boxforge.errors import BoxforgeError
+from boxforge.evaluation.predictions import class_mapping
 from boxforge.evaluation.topk import TopKMeter
-
-_READ_ERRORS = (OSError, ValueError, RuntimeError, BoxforgeError)
-
-
-class _Images(Dataset):
-    """(image (3, S, S) float 0..1, label, error) per file; a bad file gives zeros and its error, never raises."""
-
-    def __init__(self, items: list[tuple[Path, int]], img_size: int, resize_size: int | None = None) -> None:
-        self.items, self.size, self.transform = items, img_size, preprocess(img_size, resize_size)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
-        path, label = self.items[i]
-        try:
-            return self.transform(read_image(path)).as_subclass(torch.Tensor), label, ""
-        except _READ_ERRORS as exc:
-            text = str(exc)
-            return torch.zeros(3, self.size, self.size), label, text if str(path) in text else f"{path}: {text}"
-
+from boxforge.files import write_json
+from boxforge.inference.batches import ImageSource, iter_probabilities
+from boxforge.inference.load import LoadedModel
+from boxforge.inference.sources import resolve_sources
 
 def _max_mem_mb(device: torch.device) -> int:
     if device.type == "cuda":
@@ -95,7 +76,7 @@ def _label_map(index: DatasetIndex, classes: list[str], weights: str | Path, not
     position, as torchvision's ImageNet reference does: ImageFolder's sorted WordNet-id folders
     (n01440764, ...) are the order of the 1000 outputs, whose names are "tench", ... Otherwise an error.
     """
-    mapping = np.array([classes.index(c) if c in classes else -1 for c in index.classes], np.int64)
+    mapping = class_mapping(index.classes, classes)
     if (mapping < 0).all():
         if len(index.classes) != len(classes):
             raise BoxforgeError(f"{weights}: the model's {len(classes)} classes ({', '.join(classes[:5])}, ...) share "
@@ -121,45 +102,41 @@ def _progress(i: int, total: int, last: dict[str, float], meter: TopKMeter, batc
             f"time {batch_s:.4f} data {data_s:.4f} max mem {_max_mem_mb(device)}")
 
 
-def evaluate_classifier(data: str | Path | Sequence[str | Path] | DatasetIndex, *, weights: str | Path,
-                        model: str | None = None, split: str | None = None, format: str | None = None,
-                        batch_size: int = 32, device: str = "auto", workers: int = 0, prefer_ema: bool = True,
+def evaluate_classifier(data: str | Path | Sequence[str | Path] | DatasetIndex, *, model: LoadedModel,
+                        split: str | None = None, format: str | None = None, batch_size: int = 32, workers: int = 0,
                         progress: bool = True, print_every: int = 100,
                         stream: TextIO | None = None) -> ClassifyEvalReport:
-    """Loss, Acc@1, Acc@5, per-class accuracy and the confusion matrix of `weights` on DATA's split.
-
-    weights: a classification checkpoint or .onnx; with `model`, a torchvision weight name for that
-    model (IMAGENET1K_V1, ...), read from the local torch hub cache (`load_pretrained_classifier`).
-    """
-    from boxforge.evaluating import default_split
+    """Loss, Acc@1, Acc@5, per-class accuracy and the confusion matrix of the loaded classifier on DATA's split."""
+    from boxforge.inference.evaluate import default_split
 
     stream = stream or sys.stdout  # looked up now: a default of sys.stdout would keep the one of import time
     start = time.perf_counter()
     if isinstance(data, DatasetIndex):
         index, name = data, str(data.root)
     else:
-        split = split if split is not None else default_split(data)
+        split = split if split is not None else default_split(data, format)
         index = load_dataset(data if not isinstance(data, (list, tuple)) or len(data) > 1 else data[0],
                              split=split, format=format)
         name = " ".join(map(str, data)) if isinstance(data, (list, tuple)) else str(data)
     if index.task != "classify":
         raise BoxforgeError(f"{name}: a {index.task} dataset; eval --task classify needs class folders or an "
                             "imagenet_txt list")
-    backend = (load_pretrained_classifier(model, str(weights), device) if model is not None
-               else load_classifier_backend(weights, device, prefer_ema=prefer_ema))
+    backend = model.backend
     notes = list(backend.notes)
-    mapping = _label_map(index, backend.classes, weights, notes)
-    items = [(s.image_path, int(mapping[s.label])) for s in index.samples if s.image_path and mapping[s.label] >= 0]
+    mapping = _label_map(index, backend.classes, backend.meta.source, notes)
+    kept = [s for s in index.samples if s.image_path and mapping[s.label] >= 0]
+    labels = torch.tensor([int(mapping[s.label]) for s in kept], dtype=torch.int64)
+    source = ImageSource([s.image_id for s in kept], [s.image_path for s in kept])
     meter = TopKMeter(backend.classes)
-    report = ClassifyEvalReport(meter, name, index.split, _describe(weights, backend), notes=notes)
-    loader = make_loader(_Images(items, backend.img_size, backend.resize_size), batch_size, workers=workers)
-    total, tick, began = len(loader), time.perf_counter(), time.perf_counter()
+    report = ClassifyEvalReport(meter, name, index.split, model.meta.describe(), notes=notes)
+    total = -(-len(source) // batch_size)
+    tick = began = time.perf_counter()
     dev = getattr(backend, "device", torch.device("cpu"))
-    for i, (images, labels, errors) in enumerate(loader, start=1):
+    batches = iter_probabilities(backend, source, batch_size=batch_size, workers=workers)
+    for i, (good, probs, errors) in enumerate(batches, start=1):
         loaded = time.perf_counter()
-        ok = torch.tensor([not e for e in errors])
-        report.skipped.extend(e for e in errors if e)
-        last = meter.update(backend.run(images[ok]), labels[ok]) if ok.any() else meter.last
+        report.skipped.extend(e for _, e in errors)
+        last = meter.update(probs, labels[good]) if probs is not None else meter.last
         now = time.perf_counter()
         if progress and last and (i % print_every == 0 or i == total):
             print(_progress(i, total, last, meter, now - tick, loaded - tick, now - began, dev), file=stream,
@@ -171,14 +148,6 @@ def evaluate_classifier(data: str | Path | Sequence[str | Path] | DatasetIndex, 
         notes.append(f"{len(report.skipped)} images could not be read and are left out")
     report.seconds = time.perf_counter() - start
     return report
-
-
-def _describe(weights: str | Path, backend: ClassifierBackend) -> str:
-    meta = backend.meta
-    where = f"{meta.kind}, {meta.weights} weights" if meta.weights else meta.kind
-    if "weights_name" in meta.extra:  # torchvision's named weights: say which file was read
-        where = f"{meta.kind} from {meta.source}"
-    return f"{Path(weights).name} ({meta.model_name}, {where})"
 
 
 @dataclass
@@ -207,49 +176,39 @@ class ClassifyPredictReport:
         return "\n".join(lines)
 
 
-def predict_classes(weights: str | Path, sources: Sequence[str | Path], *, out: str | Path = "runs/predict",
-                    top_k: int = 5, json_path: str | Path | None = None, batch_size: int = 32, device: str = "auto",
-                    workers: int = 0, prefer_ema: bool = True, img_size: int | None = None) -> ClassifyPredictReport:
+def predict_classes(model: LoadedModel, sources: Sequence[str | Path], *, out: str | Path = "runs/predict",
+                    top_k: int = 5, json_path: str | Path | None = None, batch_size: int = 32, workers: int = 0,
+                    img_size: int | None = None) -> ClassifyPredictReport:
     """Top-k classes with probabilities for every image SOURCES name; written to OUT/predictions.json as
     {"task": "classify", "classes", "top_k", "predictions": [{"image", "path", "top": [{"label", "score"}]}]}.
 
-    img_size: the centre-crop size (short side resized to img_size / 0.875 first); default: the model's."""
-    from boxforge.predicting import _write_json
-    from boxforge.sources import resolve_sources
-
+    img_size: the centre-crop size `model` was opened at, when --img-size chose it (named in a note)."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise BoxforgeError(f"--top-k {top_k!r}: allowed an integer >= 1")
     out = Path(out)
     items = resolve_sources(sources, exclude=out)
-    backend = load_classifier_backend(weights, device, prefer_ema=prefer_ema, img_size=img_size)
+    backend = model.backend
     classes = list(backend.classes)
     k = min(top_k, len(classes))
-    report = ClassifyPredictReport(out, _describe(weights, backend), k, counts={c: 0 for c in classes},
+    report = ClassifyPredictReport(out, model.meta.describe(), k, counts={c: 0 for c in classes},
                                    notes=list(backend.notes))
     if img_size is not None:
         report.notes.append(f"centre crop {backend.img_size} px (--img-size)")
     entries: list[dict[str, Any]] = []
     start = time.perf_counter()
-    loader = make_loader(_Images([(path, 0) for _, path in items], backend.img_size, backend.resize_size), batch_size,
-                         workers=workers)
-    done = 0
-    for images, _, errors in loader:
-        batch = items[done:done + len(errors)]
-        batch_paths = [path for _, path in batch]
-        done += len(errors)
-        ok = [i for i, e in enumerate(errors) if not e]
-        report.skipped.extend((batch_paths[i], e) for i, e in enumerate(errors) if e)
-        if not ok:
+    for good, probs, errors in iter_probabilities(backend, ImageSource.files(items), batch_size=batch_size,
+                                                  workers=workers):
+        report.skipped.extend((items[i][1], e) for i, e in errors)
+        if probs is None:
             continue
-        probs = backend.run(images[ok])
         scores, labels = probs.topk(k, dim=1)
-        for row, i in enumerate(ok):
+        for row, i in enumerate(good):
             top = [{"label": classes[int(c)], "score": round(float(s), 6)} for s, c in zip(scores[row], labels[row])]
-            entries.append({"image": batch[i][0], "path": str(batch_paths[i]), "top": top})
+            entries.append({"image": items[i][0], "path": str(items[i][1]), "top": top})
             report.counts[top[0]["label"]] += 1
             report.images += 1
     report.seconds = time.perf_counter() - start
-    report.predictions_file = _write_json(Path(json_path) if json_path else out / "predictions.json",
-                                          {"task": "classify", "classes": classes, "top_k": k,
-                                           "predictions": entries, "model": str(weights)})
+    report.predictions_file = write_json(Path(json_path) if json_path else out / "predictions.json",
+                                         {"task": "classify", "classes": classes, "top_k": k,
+                                          "predictions": entries, "model": str(model.meta.source)})
     return report

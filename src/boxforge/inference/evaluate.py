@@ -1,8 +1,9 @@
-"""`eval`: mAP of a model (checkpoint or ONNX) or of a predictions file on a dataset split.
+"""`eval` for detectors: mAP of a loaded model or of a predictions file on a dataset split.
 
-A model is run with benchmark post-processing (score threshold 0.001, 100 detections per image,
-its own NMS threshold), as in training's validation, so `eval` reproduces the numbers the run
-logged. A predictions file needs no image file at all: only the annotations are read.
+A model is run with benchmark post-processing (`MAP_POSTPROCESS`: score threshold 0.001, 100
+detections per image, its own NMS threshold) through the one batch runner, exactly as training's
+validation runs it (engine/validate.py calls `model_predictions` too), so `eval` reproduces the
+numbers the run logged. A predictions file needs no image file at all: only the annotations are read.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ from boxforge.data.index import DatasetIndex
 from boxforge.data.splits import eval_split
 from boxforge.errors import BoxforgeError
 from boxforge.evaluation import METRICS, Predictions, evaluate_detections, load_predictions, save_predictions
+from boxforge.evaluation.predictions import class_mapping
+from boxforge.inference.backends import Backend
+from boxforge.inference.batches import Progress, predict_index
+from boxforge.inference.load import LoadedModel
 
-EVAL_SCORE_THRESH = 0.001  # benchmark convention: keep low-score detections, they still add recall
-EVAL_MAX_DET = 100
+# Benchmark convention for mAP: keep low-score detections (they still add recall), at most 100 an image.
+MAP_POSTPROCESS: dict[str, Any] = {"score_thresh": 0.001, "max_det": 100}
 
 
 @dataclass
@@ -64,6 +69,18 @@ def _nan_to_none(value: Any) -> Any:
     return value
 
 
+def _index(data: str | Path | Sequence[str | Path] | DatasetIndex, split: str | None,
+           format: str | None) -> tuple[DatasetIndex, str]:
+    """(the index to score, how to name it): DATA's split (the policy's when None), or an index as given."""
+    if isinstance(data, DatasetIndex):
+        return data, str(data.root)
+    if isinstance(data, (list, tuple)) and len(data) == 1:
+        data = data[0]
+    split = split if split is not None else default_split(data, format)
+    name = " ".join(map(str, data)) if isinstance(data, (list, tuple)) else str(data)
+    return load_dataset(data, split=split, format=format), name
+
+
 def default_split(data: str | Path | Sequence[str | Path], format: str | None = None) -> str | None:
     """The split `eval` scores when none is given: the split policy's choice (data/splits.py): `test`, else
     `val`; `VOC2007/test` for a VOCdevkit of several years; None (every image) without splits."""
@@ -84,47 +101,38 @@ def resolve_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(m for m in METRICS if m in names)
 
 
-def predictions_from_model(index: DatasetIndex, weights: str | Path, *, batch_size: int, device: str, workers: int,
-                           prefer_ema: bool, progress: bool, notes: list[str],
-                           skipped: list[str], strict_classes: bool = False) -> tuple[Predictions, str]:
-    """Run the model on every image of `index`; labels mapped by class name onto the index's classes.
+def model_predictions(index: DatasetIndex, backend: Backend, *, batch_size: int = 8, workers: int = 0,
+                      progress: bool = False, strict_classes: bool = False) -> tuple[Predictions, list[str], list[str]]:
+    """(detections on every image of `index`, labels mapped by class name onto the index's classes; notes;
+    why each skipped image was skipped). The backend runs with MAP_POSTPROCESS.
 
     The model's classes the dataset lacks are ignored with a note, or with `strict_classes` an error.
     """
-    from boxforge.predictor import load_backend
-    from boxforge.runner import Progress, iter_detections
-
-    backend = load_backend(weights, device, score_thresh=EVAL_SCORE_THRESH, max_det=EVAL_MAX_DET,
-                           prefer_ema=prefer_ema)
-    notes.extend(backend.notes)
+    backend.configure(**MAP_POSTPROCESS)
+    notes = list(backend.notes)
     model_classes = list(backend.classes)
-    mapping = np.array([index.classes.index(c) if c in index.classes else -1 for c in model_classes], np.int64)
+    mapping = class_mapping(model_classes, index.classes)
+    source = backend.meta.source
     if (mapping < 0).all():
-        raise BoxforgeError(f"{weights}: the model's classes ({', '.join(model_classes)}) share no name with the "
+        raise BoxforgeError(f"{source}: the model's classes ({', '.join(model_classes)}) share no name with the "
                             f"dataset's ({', '.join(index.classes)})")
     extra = [c for c, m in zip(model_classes, mapping) if m < 0]
     if extra and strict_classes:
-        raise BoxforgeError(f"{weights}: the model's classes {', '.join(extra)} are not in the dataset "
+        raise BoxforgeError(f"{source}: the model's classes {', '.join(extra)} are not in the dataset "
                             f"({', '.join(index.classes)}); without --strict-classes their detections are ignored")
     if extra:
         notes.append(f"the model's classes {', '.join(extra)} are not in the dataset; their detections are ignored")
     missing = [c for c in index.classes if c not in model_classes]
     if missing:
         notes.append(f"the dataset's classes {', '.join(missing)} are unknown to the model (AP 0)")
-    items = [(s.image_id, s.image_path) for s in index.samples if s.image_path is not None]
-    skipped.extend(f"{s.image_id}: no image file in the annotation" for s in index.samples if s.image_path is None)
+    found, skipped = predict_index(backend, index, batch_size=batch_size, workers=workers,
+                                   progress=Progress("eval") if progress else None)
     preds = Predictions(list(index.classes))
-    for result in iter_detections(backend, items, batch_size=batch_size, workers=workers,
-                                  progress=Progress("eval") if progress else None):
-        if result.error:
-            skipped.append(result.error)
-            continue
-        labels = mapping[result.labels]
+    for image_id, p in found.images.items():
+        labels = mapping[p.labels]
         keep = labels >= 0
-        preds.add(result.image_id, result.boxes[keep], result.scores[keep], labels[keep])
-    meta = backend.meta
-    where = f"{meta.kind}, {meta.weights} weights" if meta.weights else meta.kind
-    return preds, f"{Path(weights).name} ({meta.model_name}, {where})"
+        preds.add(image_id, p.boxes[keep], p.scores[keep], labels[keep])
+    return preds, notes, skipped
 
 
 def ignored_note(preds: Predictions) -> str:
@@ -135,28 +143,26 @@ def ignored_note(preds: Predictions) -> str:
             f"(as pycocotools and the VOC devkit ignore them): {named}; --strict-classes makes this an error")
 
 
-def evaluate(data: str | Path | Sequence[str | Path] | DatasetIndex, *, weights: str | Path | None = None,
+def evaluate(data: str | Path | Sequence[str | Path] | DatasetIndex, *, model: LoadedModel | None = None,
              predictions: str | Path | None = None, split: str | None = None, format: str | None = None,
-             metrics: str | Sequence[str] = "all", iou_thresh: float = 0.5, batch_size: int = 8, device: str = "auto",
-             workers: int = 0, save_predictions_to: str | Path | None = None, prefer_ema: bool = True,
-             progress: bool = True, plots: str | Path | None = None, strict_classes: bool = False) -> EvalReport:
-    """Evaluate `weights` (run on the images) or a `predictions` file on DATA; see EvalReport.
+             metrics: str | Sequence[str] = "all", iou_thresh: float = 0.5, batch_size: int = 8, workers: int = 0,
+             save_predictions_to: str | Path | None = None, progress: bool = True, plots: str | Path | None = None,
+             strict_classes: bool = False) -> EvalReport:
+    """Evaluate `model` (a loaded detector, run on the images) or a `predictions` file on DATA; see EvalReport.
 
     split: default `default_split(data)`: the split policy's evaluation split (data/splits.py).
     strict_classes: detections of classes the dataset lacks are an error; by default they are ignored
         (as pycocotools and the VOC devkit do) with a note naming the classes and counting them.
     plots: a folder for per-class precision/recall curves and the table as PNG (see plots/evaluation.py).
     """
-    if (weights is None) == (predictions is None):
-        raise BoxforgeError("give either weights (a checkpoint or .onnx) or predictions (a predictions file)")
+    if (model is None) == (predictions is None):
+        raise BoxforgeError("give either a model (a checkpoint or .onnx) or predictions (a predictions file)")
+    if save_predictions_to is not None and model is None:
+        raise BoxforgeError("--save-predictions keeps a model's detections; with --predictions the file is already "
+                            "there")
     chosen = tuple(resolve_metrics(metrics))
     start = time.perf_counter()
-    if isinstance(data, DatasetIndex):
-        index, name = data, str(data.root)
-    else:
-        split = split if split is not None else default_split(data, format)
-        index = load_dataset(data, split=split, format=format)
-        name = " ".join(map(str, data)) if isinstance(data, (list, tuple)) else str(data)
+    index, name = _index(data, split, format)
     if index.task != "detect":
         raise BoxforgeError(f"{name}: a {index.task} dataset; eval needs boxes")
     notes: list[str] = []
@@ -166,9 +172,9 @@ def evaluate(data: str | Path | Sequence[str | Path] | DatasetIndex, *, weights:
         if preds.ignored:
             notes.append(ignored_note(preds))
     else:
-        preds, source = predictions_from_model(index, weights, batch_size=batch_size, device=device, workers=workers,
-                                               prefer_ema=prefer_ema, progress=progress, notes=notes, skipped=skipped,
-                                               strict_classes=strict_classes)
+        preds, notes, skipped = model_predictions(index, model.backend, batch_size=batch_size, workers=workers,
+                                                  progress=progress, strict_classes=strict_classes)
+        source = model.meta.describe()
         if save_predictions_to:
             save_predictions(preds, index.classes, save_predictions_to)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress

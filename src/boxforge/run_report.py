@@ -1,6 +1,6 @@
 """RUN_DIR/report.html: what a training run did, in one file you can mail, archive or open offline.
 
-Written by `fit()` when a run ends (main rank only) and again by `boxforge plot RUN_DIR --report`.
+Written by `api.train` when a run ends (main rank only) and again by `boxforge plot RUN_DIR --report`.
 Sections, each with a fixed `id` so tools and tests can find them:
 
     settings     config.yaml as saved by the run
@@ -8,7 +8,7 @@ Sections, each with a fixed `id` so tools and tests can find them:
     curves       loss, learning rate/throughput and validation mAP against steps (plots/curves.py)
     evaluation   the best checkpoint on the validation split: the per-class table `boxforge eval` prints
                  (VOC07, VOC12, COCO; evaluation/table.py) and the precision/recall curves (plots/evaluation.py)
-    predictions  a few validation images with the best checkpoint's detections drawn (drawing.py)
+    predictions  a few validation images with the best checkpoint's detections drawn (plots/draw.py)
 
 Self-contained on purpose: every image is a base64 `data:` URI and the style is inline, with no script and
 no external reference, so the page renders the same from an archive, a mail attachment or a sandbox with
@@ -23,7 +23,6 @@ import contextlib
 import html
 import io
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import yaml
 from PIL import Image
 
 from boxforge.errors import BoxforgeError
+from boxforge.files import atomic_write
 
 if TYPE_CHECKING:
     from boxforge.data.index import DatasetIndex
@@ -114,11 +114,13 @@ def _load_splits(config: dict[str, Any] | None) -> tuple[DatasetIndex | None, Da
     if config is None:
         return None, None, "no config.yaml in the run directory: the dataset is unknown"
     from boxforge.config import make_config
-    from boxforge.engine.setup import load_train_val
+    from boxforge.data.splits import load_train_val
 
     try:
+        cfg = make_config(config)
         with contextlib.redirect_stdout(io.StringIO()):
-            chosen = load_train_val(make_config(config))
+            chosen = load_train_val(cfg.data if len(cfg.data) > 1 else cfg.data[0], split=cfg.split, val=cfg.val,
+                                    format=cfg.format, allow_overlap=cfg.allow_overlap)
     except _MISSING as exc:
         return None, None, f"cannot read the run's dataset {config.get('data')}: {str(exc).splitlines()[0]}"
     return chosen.train, chosen.val, ""
@@ -194,13 +196,11 @@ def _checkpoint(run_dir: Path) -> Path | None:
 def evaluate_checkpoint(val: DatasetIndex, checkpoint: Path,
                         device: str) -> tuple[Predictions, dict[str, Any], list[str]]:
     """(Predictions, `evaluate_detections` results, notes) of `checkpoint` on `val`, as `boxforge eval` runs it."""
-    from boxforge.evaluating import predictions_from_model
     from boxforge.evaluation import evaluate_detections
+    from boxforge.inference.evaluate import model_predictions
+    from boxforge.inference.load import load_model
 
-    notes: list[str] = []
-    skipped: list[str] = []
-    preds, _ = predictions_from_model(val, checkpoint, batch_size=8, device=device, workers=0, prefer_ema=True,
-                                      progress=False, notes=notes, skipped=skipped)
+    preds, notes, skipped = model_predictions(val, load_model(checkpoint, device, task="detect").backend)
     with contextlib.redirect_stdout(io.StringIO()):
         results = evaluate_detections(val, preds)
     if skipped:
@@ -232,7 +232,7 @@ def predictions_section(val: DatasetIndex, preds: Predictions, checkpoint: Path,
     """Evenly spaced validation images (plots/dataset.pick_samples) with their (at most MAX_DRAWN) detections
     scoring >= DRAW_SCORE."""
     from boxforge.data.images import ImageReadError, load_rgb
-    from boxforge.drawing import draw_detections
+    from boxforge.plots.draw import draw_detections
     from boxforge.plots.dataset import pick_samples
 
     figures = []
@@ -312,13 +312,4 @@ def write_report(run_dir: str | Path, *, device: str = "auto", images: int = SHO
     sections += _model_sections(run_dir, val, device, images)
     model = f"{config.get('model')} on {', '.join(map(str, config.get('data') or []))}: " if config else ""
     page = render(f"boxforge run {run_dir.name}", model + (summary or "no training steps logged"), sections)
-    path = Path(out) if out is not None else run_dir / REPORT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # atomic: a reader never sees half a page
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(Path(out) if out is not None else run_dir / REPORT_FILE, page)

@@ -1,4 +1,4 @@
-"""`predict`: run a checkpoint or an exported ONNX model on image files, draw and write what it found.
+"""`predict` for detectors: run a loaded model on image files, draw and write what it found.
 
 Outputs in OUT (default runs/predict):
   <image id>.<ext>          each image with its detections drawn (ext kept for jpg/png/bmp/webp, else png)
@@ -10,10 +10,7 @@ Outputs in OUT (default runs/predict):
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,10 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from boxforge.drawing import draw_detections
-from boxforge.predictor import load_backend
-from boxforge.runner import ImageResult, Progress, iter_detections
-from boxforge.sources import resolve_sources
+from boxforge.evaluation.predictions import Predictions, save_predictions
+from boxforge.files import write_json
+from boxforge.inference.batches import ImageResult, ImageSource, Progress, iter_detections
+from boxforge.inference.load import LoadedModel
+from boxforge.inference.sources import resolve_sources
+from boxforge.plots.draw import draw_detections
 
 KEEP_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -67,20 +66,6 @@ class PredictReport:
         return "\n".join(lines)
 
 
-def _write_json(path: Path, doc: Any) -> Path:
-    """Atomic write: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def safe_filename(name: str) -> str:
     """A class name as a file name: anything but letters, digits, `-`, `_`, `.` becomes `_`."""
     cleaned = re.sub(r"[^\w.-]", "_", name).strip(".")
@@ -100,31 +85,37 @@ def _save_drawn(out: Path, result: ImageResult, classes: Sequence[str]) -> None:
     image.save(path, **({"quality": 95} if path.suffix in (".jpg", ".jpeg") else {}))
 
 
-def predict_sources(weights: str | Path, sources: Sequence[str | Path], *, out: str | Path = "runs/predict",
-                    score_thresh: float = 0.5, iou_thresh: float = 0.45, max_det: int = 100,
-                    json_path: str | Path | None = None, per_class_json: bool = False, draw: bool = True,
-                    batch_size: int = 8, device: str = "auto", workers: int = 0, prefer_ema: bool = True,
-                    progress: bool = True, img_size: int | None = None) -> PredictReport:
+DEFAULT_POSTPROCESS = {"score_thresh": 0.5, "iou_thresh": 0.45, "max_det": 100}  # predict's, not eval's
+
+
+def predict_detections(loaded: LoadedModel, sources: Sequence[str | Path], *, out: str | Path = "runs/predict",
+                       score_thresh: float | None = None, iou_thresh: float | None = None,
+                       max_det: int | None = None, json_path: str | Path | None = None,
+                       per_class_json: bool = False, draw: bool = True, batch_size: int = 8, workers: int = 0,
+                       progress: bool = True, img_size: int | None = None) -> PredictReport:
     """Detect objects in every image SOURCES name (files, folders, globs); see the module docstring for outputs.
 
+    score_thresh, iou_thresh (NMS), max_det: None means predict's defaults (0.5, 0.45, 100).
     json_path: where the predictions file goes (default OUT/predictions.json).
-    img_size: the input size to run at (default: the model's own; an ONNX file only takes its export's).
+    img_size: the size `loaded` was opened at, when --img-size chose it (named in a note).
     """
     out = Path(out)
     items = resolve_sources(sources, exclude=out)
-    backend = load_backend(weights, device, score_thresh=score_thresh, iou_thresh=iou_thresh, max_det=max_det,
-                           prefer_ema=prefer_ema, img_size=img_size)
+    settings = {k: v if v is not None else DEFAULT_POSTPROCESS[k]
+                for k, v in (("score_thresh", score_thresh), ("iou_thresh", iou_thresh), ("max_det", max_det))}
+    backend = loaded.backend
+    backend.configure(**settings)
     classes = list(backend.classes)
-    report = PredictReport(out, f"{Path(weights).name} ({backend.meta.model_name}, {backend.meta.kind})",
+    report = PredictReport(out, f"{loaded.meta.source.name} ({loaded.meta.model_name}, {loaded.meta.kind})",
                            counts={name: 0 for name in classes}, notes=list(backend.notes))
     if img_size is not None:
         report.notes.append(f"input size {backend.img_size} px (--img-size)")
-    entries: list[dict[str, Any]] = []
+    found = Predictions(classes)
     images: list[dict[str, Any]] = []
     per_class: list[list[dict[str, Any]]] = [[] for _ in classes]
     start = time.perf_counter()
-    results = iter_detections(backend, items, batch_size=batch_size, workers=workers, keep_pixels=draw,
-                              progress=Progress("predict") if progress else None)
+    results = iter_detections(backend, ImageSource.files(items), batch_size=batch_size, workers=workers,
+                              keep_pixels=draw, progress=Progress("predict") if progress else None)
     for result in results:
         if result.error:
             report.skipped.append((result.path, result.error))
@@ -133,8 +124,9 @@ def predict_sources(weights: str | Path, sources: Sequence[str | Path], *, out: 
         images.append({"image": result.image_id, "path": str(result.path), "width": result.width,
                        "height": result.height})
         boxes, scores = np.round(result.boxes, 3), np.round(result.scores, 6)  # 0.001 px: plenty, and short
-        for box, score, label in zip(boxes.tolist(), scores.tolist(), result.labels.tolist()):
-            entries.append({"image": result.image_id, "label": classes[label], "score": score, "box": box})
+        if len(boxes):
+            found.add(result.image_id, boxes, scores, result.labels)
+        for label in result.labels.tolist():
             report.counts[classes[label]] += 1
         for c in np.unique(result.labels).tolist():
             keep = result.labels == c
@@ -143,10 +135,9 @@ def predict_sources(weights: str | Path, sources: Sequence[str | Path], *, out: 
             _save_drawn(out, result, classes)
             report.drawn += 1
     report.seconds = time.perf_counter() - start
-    settings = {"score_thresh": score_thresh, "iou_thresh": iou_thresh, "max_det": max_det}
-    report.predictions_file = _write_json(Path(json_path) if json_path else out / "predictions.json",
-                                          {"classes": classes, "predictions": entries, "images": images,
-                                           "model": str(weights), "settings": settings})
+    report.predictions_file = save_predictions(found, classes, Path(json_path) if json_path else
+                                               out / "predictions.json", images=images,
+                                               extra={"model": str(loaded.meta.source), "settings": settings})
     if per_class_json:
         used: set[str] = set()
         for c, name in enumerate(classes):
@@ -155,5 +146,5 @@ def predict_sources(weights: str | Path, sources: Sequence[str | Path], *, out: 
             used.add(stem.lower())
             doc = {"class": name, "objects": sum(len(e["boxes"]) for e in per_class[c]),
                    "settings": settings, "images": per_class[c]}
-            report.per_class_files.append(_write_json(out / "per_class" / f"{stem}.json", doc))
+            report.per_class_files.append(write_json(out / "per_class" / f"{stem}.json", doc))
     return report

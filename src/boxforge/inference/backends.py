@@ -1,0 +1,264 @@
+"""The ways a trained model runs: PyTorch or onnxruntime, detector or classifier, one interface each.
+
+    backend.run(batch)   # batch: (B, 3, S, S) float32 RGB in 0..1, S = backend.img_size
+    detector   -> [(boxes (N, 4) float32 xyxy in the S x S input's pixels, scores (N,), labels (N,) int64)]
+                  per image, sorted by score, highest first; labels 0-based into backend.classes
+    classifier -> (B, C) float32 probabilities
+
+One ONNX session class (`OnnxSession`: providers, boxforge metadata, static-batch padding) serves
+both tasks, so `eval`, `predict` and the export parity check treat a `.pt` and a `.onnx` alike.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from boxforge.errors import BoxforgeError, ModelError
+
+Detection = tuple[np.ndarray, np.ndarray, np.ndarray]
+TASKS: tuple[str, ...] = ("detect", "classify")
+
+
+@dataclass
+class ModelMeta:
+    """What a loaded model is: enough to preprocess its input and name its labels.
+
+    source: the file; kind: "checkpoint", "onnx" or "torchvision weights"; weights: "ema" or "model"
+    (checkpoints only); postprocess: score_thresh, nms_thresh, detections_per_img (and
+    topk_candidates) in effect (detectors); extra: resize_size, weights_name, the ONNX metadata.
+    """
+
+    source: Path
+    kind: str
+    model_name: str
+    class_names: list[str]
+    img_size: int
+    weights: str = ""
+    postprocess: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """`best.pt (yolo_csp, checkpoint, ema weights)`: what the reports print as the model's source."""
+        where = f"{self.kind}, {self.weights} weights" if self.weights else self.kind
+        if "weights_name" in self.extra:  # torchvision's named weights: the name, and which file was read
+            return f"{self.extra['weights_name']} ({self.model_name}, {self.kind} from {self.source})"
+        return f"{self.source.name} ({self.model_name}, {where})"
+
+
+def check_postprocess(score_thresh: float | None, iou_thresh: float | None, max_det: int | None) -> None:
+    """Refuse settings that would silently give nothing or everything."""
+    if score_thresh is not None and not 0.0 <= score_thresh < 1.0:
+        raise BoxforgeError(f"score threshold {score_thresh}: allowed 0 <= score < 1")
+    if iou_thresh is not None and not 0.0 < iou_thresh <= 1.0:
+        raise BoxforgeError(f"NMS IoU threshold {iou_thresh}: allowed 0 < iou <= 1")
+    if max_det is not None and (isinstance(max_det, bool) or int(max_det) != max_det or max_det < 1):
+        raise BoxforgeError(f"max detections {max_det}: allowed an integer >= 1")
+
+
+class Backend:
+    """What every backend shares: `meta`, its class names and input size, and notes for the user."""
+
+    meta: ModelMeta
+    task: str
+    notes: list[str]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta.class_names
+
+    @property
+    def img_size(self) -> int:
+        return self.meta.img_size
+
+    @property
+    def resize_size(self) -> int | None:
+        """Classifiers: the short side before the centre crop, where the weights name one (else S / 0.875)."""
+        return self.meta.extra.get("resize_size")
+
+
+class OnnxSession:
+    """An onnxruntime session of a boxforge export: providers chosen for the device, the metadata read and
+    checked, and `run` that pads the last chunk of a static-batch graph and drops the padding's outputs."""
+
+    def __init__(self, path: Path, device: torch.device, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.notes: list[str] = []
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            else:
+                self.notes.append("this onnxruntime has no CUDA provider (install onnxruntime-gpu); running on CPU")
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise BoxforgeError(f"{path}: not a loadable ONNX model: {str(exc).splitlines()[0]}") from exc
+        self.path = path
+        self.props = dict(self.session.get_modelmeta().custom_metadata_map)
+        if "class_names" not in self.props or ("boxforge_version" not in self.props
+                                                and self.props.get("task") != "classify"):
+            raise BoxforgeError(f"{path}: not an ONNX model exported by boxforge (no boxforge metadata)")
+        self.task = self.props.get("task", "detect")
+        if self.task not in TASKS:
+            raise BoxforgeError(f"{path}: metadata names task {self.task!r}; boxforge knows: {', '.join(TASKS)}")
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        self.fixed_batch = first.shape[0] if isinstance(first.shape[0], int) else None
+        self.input_dims = list(first.shape[2:])
+
+    def meta(self) -> ModelMeta:
+        postprocess = json.loads(self.props.get("postprocess", "{}"))
+        return ModelMeta(self.path, "onnx", self.props.get("model_name", "?"), json.loads(self.props["class_names"]),
+                         int(self.props["img_size"]), "", dict(postprocess), {"metadata": dict(self.props)})
+
+    def check_size(self, img_size: int | None) -> None:
+        """Refuse an --img-size that the graph's fixed (B, 3, S, S) input cannot take."""
+        fixed = [d for d in self.input_dims if isinstance(d, int)]
+        if img_size is not None and fixed and any(d != img_size for d in fixed):
+            shown = " x ".join(map(str, self.input_dims))
+            raise BoxforgeError(f"{self.path}: exported for a fixed {shown} input; --img-size {img_size} cannot run "
+                                f"it (leave --img-size out, or export again with --img-size {img_size})")
+
+    def run(self, array: np.ndarray) -> list[np.ndarray]:
+        """Every output of the graph for `array` (B, 3, S, S) float32, B rows each, in the graph's order."""
+        step = self.fixed_batch or len(array)
+        chunks: list[list[np.ndarray]] = []
+        for start in range(0, len(array), step):
+            chunk = array[start:start + step]
+            real = len(chunk)
+            if real < step:  # a static-batch graph: pad the last chunk, drop the padding's outputs
+                chunk = np.concatenate([chunk, np.zeros((step - real, *chunk.shape[1:]), np.float32)])
+            chunks.append([out[:real] for out in self.session.run(None, {self.input_name: chunk})])
+        return [np.concatenate(parts) for parts in zip(*chunks)]
+
+
+class TorchDetector(Backend):
+    """A `Detector` in eval mode (a checkpoint's, or the live model under training for validation).
+
+    Post-processing is the Detector's own (see `configure`); amp_dtype: run under autocast (validation
+    of a run trained with --amp).
+    """
+
+    task = "detect"
+
+    def __init__(self, model: nn.Module, meta: ModelMeta, device: torch.device,
+                 amp_dtype: torch.dtype | None = None) -> None:
+        self.model, self.meta, self.device, self.amp_dtype = model, meta, device, amp_dtype
+        self.notes: list[str] = []
+
+    def configure(self, *, score_thresh: float | None = None, iou_thresh: float | None = None,
+                  max_det: int | None = None) -> None:
+        check_postprocess(score_thresh, iou_thresh, max_det)
+        settings = {"score_thresh": score_thresh, "nms_thresh": iou_thresh, "detections_per_img": max_det}
+        self.model.set_postprocess(**{k: v for k, v in settings.items() if v is not None})
+        self.meta.postprocess = self.model.postprocess_settings()
+
+    @torch.no_grad()
+    def run(self, batch: Tensor) -> list[Detection]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                outputs = self.model(batch.to(self.device))
+        finally:
+            self.model.train(was_training)
+        return [(d["boxes"].float().cpu().numpy(), d["scores"].float().cpu().numpy(),
+                 d["labels"].cpu().numpy().astype(np.int64)) for d in outputs]
+
+
+class OnnxDetector(Backend):
+    """An exported detector. NMS is inside the graph with the thresholds baked in at export; `configure`
+    can only tighten them (higher score threshold, fewer detections) and says so in `notes` when asked
+    for more."""
+
+    task = "detect"
+
+    def __init__(self, session: OnnxSession) -> None:
+        self.session, self.meta, self.notes = session, session.meta(), list(session.notes)
+        self.baked = dict(self.meta.postprocess)
+        self.score_thresh = float(self.baked.get("score_thresh", 0.0))
+        self.max_det = int(self.baked.get("detections_per_img", 10**9))
+
+    def configure(self, *, score_thresh: float | None = None, iou_thresh: float | None = None,
+                  max_det: int | None = None) -> None:
+        check_postprocess(score_thresh, iou_thresh, max_det)
+        where, baked = self.meta.source, self.baked
+        if score_thresh is not None:
+            if score_thresh < baked.get("score_thresh", 0.0) - 1e-12:
+                self.notes.append(f"{where}: exported with score threshold {baked['score_thresh']}; detections "
+                                  f"between {score_thresh} and that are not in the graph's output (re-export with "
+                                  "a lower --score-thresh)")
+            self.score_thresh = max(score_thresh, float(baked.get("score_thresh", 0.0)))
+        if iou_thresh is not None and abs(iou_thresh - baked.get("nms_thresh", iou_thresh)) > 1e-9:
+            self.notes.append(f"{where}: NMS IoU threshold {baked['nms_thresh']} is fixed in the graph; "
+                              f"{iou_thresh} is ignored (re-export with --iou-thresh {iou_thresh})")
+        if max_det is not None:
+            if max_det > baked.get("detections_per_img", max_det):
+                self.notes.append(f"{where}: exported with at most {baked['detections_per_img']} detections "
+                                  f"per image; {max_det} cannot be given")
+            self.max_det = min(max_det, int(baked.get("detections_per_img", max_det)))
+        self.meta.postprocess = {**baked, "score_thresh": self.score_thresh, "detections_per_img": self.max_det}
+
+    def run(self, batch: Tensor) -> list[Detection]:
+        boxes, scores, labels, count = self.session.run(batch.detach().cpu().numpy().astype(np.float32, copy=False))
+        results: list[Detection] = []
+        for i in range(len(count)):
+            n = int(count[i])
+            keep = scores[i, :n] > self.score_thresh
+            keep[self.max_det:] = False
+            results.append((boxes[i, :n][keep].astype(np.float32), scores[i, :n][keep].astype(np.float32),
+                            labels[i, :n][keep].astype(np.int64)))
+        return results
+
+
+class TorchClassifier(Backend):
+    """A `ProbabilityModel` (normalise, classify, softmax) in eval mode."""
+
+    task = "classify"
+
+    def __init__(self, model: nn.Module, meta: ModelMeta, device: torch.device) -> None:
+        self.model, self.meta, self.device = model, meta, device
+        self.notes: list[str] = []
+
+    @torch.no_grad()
+    def run(self, batch: Tensor) -> Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.model(batch.to(self.device)).float().cpu()
+        finally:
+            self.model.train(was_training)
+
+
+class OnnxClassifier(Backend):
+    """An exported classifier (softmax inside the graph)."""
+
+    task = "classify"
+
+    def __init__(self, session: OnnxSession) -> None:
+        self.session, self.meta, self.notes = session, session.meta(), list(session.notes)
+
+    def run(self, batch: Tensor) -> Tensor:
+        probs = self.session.run(batch.detach().cpu().numpy().astype(np.float32, copy=False))[0]
+        return torch.from_numpy(probs).float()
+
+
+DetectorBackend = TorchDetector | OnnxDetector
+ClassifierBackend = TorchClassifier | OnnxClassifier
+
+
+def require_task(backend: Backend, task: str, what: str) -> None:
+    """A one-line error when `backend` is not a `task` model (e.g. --score-thresh given to a classifier)."""
+    if backend.task != task:
+        raise ModelError(f"{backend.meta.source}: a {backend.task} model; {what}")
