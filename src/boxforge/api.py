@@ -120,7 +120,7 @@ def evaluate(data: str | Path | list[str | Path] | DatasetIndex, *,
              format: str | None = None, metrics: str | list[str] | None = None, iou_thresh: float | None = None,
              batch_size: int | None = None, device: str = "auto", workers: int = 0,
              save_predictions_to: str | Path | None = None, prefer_ema: bool = True, progress: bool = True,
-             plots: str | Path | None = None, strict_classes: bool = False) -> Any:
+             plots: str | Path | None = None, strict_classes: bool = False, errors: bool = False) -> Any:
     """mAP (VOC07, VOC12, COCO) of `weights` (checkpoint or .onnx, run on the images) or of a `predictions` file;
     Acc@1/Acc@5 for a classifier.
 
@@ -128,9 +128,9 @@ def evaluate(data: str | Path | list[str | Path] | DatasetIndex, *,
     ComparisonReport (one row each, the best marked; inference/compare.py). model: a torchvision classifier
     (mobilenet_v2, ...) whose named weights `weights` are (IMAGENET1K_V1; from the local hub cache only).
     task: what the model must be (default: what the file holds). metrics ("all" or voc07/voc12/coco),
-    iou_thresh, save_predictions_to, plots, strict_classes: detectors only; batch_size: default 8 for
-    detectors, 32 for classifiers. Returns an EvalReport (`.results`, `.to_json()`, `.plots`), a
-    ClassifyEvalReport or a ComparisonReport.
+    iou_thresh, save_predictions_to, plots, strict_classes, errors (the TIDE breakdown): detectors only;
+    batch_size: default 8 for detectors, 32 for classifiers. Returns an EvalReport (`.results`, `.to_json()`,
+    `.plots`), a ClassifyEvalReport or a ComparisonReport.
     """
     from boxforge.inference.compare import compare_checkpoints, expand_weights
     from boxforge.inference.evaluate import evaluate as evaluate_detections
@@ -138,10 +138,12 @@ def evaluate(data: str | Path | list[str | Path] | DatasetIndex, *,
     if model is not None:
         _check_pretrained(model, weights, predictions, task)
     specs = expand_weights(weights, model=model) if weights is not None else []
-    detector_options = {"--iou-thresh": iou_thresh, "--save-predictions": save_predictions_to, "--plots": plots}
+    detector_options = {"--iou-thresh": iou_thresh, "--save-predictions": save_predictions_to, "--plots": plots,
+                        "--errors": errors}
     if len(specs) > 1:
-        if save_predictions_to is not None or plots is not None:
-            raise BoxforgeError("--save-predictions and --plots keep one model's output: give a single --weights")
+        if save_predictions_to is not None or plots is not None or errors:
+            raise BoxforgeError("--save-predictions, --plots and --errors are about one model's output: give a "
+                                "single --weights")
         return compare_checkpoints(data, specs, task=task, model=model, split=split, format=format,
                                    metrics=metrics or "all", iou_thresh=iou_thresh or 0.5, batch_size=batch_size or 8,
                                    device=device, workers=workers, prefer_ema=prefer_ema, progress=progress,
@@ -160,7 +162,7 @@ def evaluate(data: str | Path | list[str | Path] | DatasetIndex, *,
     return evaluate_detections(data, model=loaded, predictions=predictions, split=split, format=format,
                                metrics=metrics or "all", iou_thresh=0.5 if iou_thresh is None else iou_thresh,
                                batch_size=batch_size or 8, workers=workers, save_predictions_to=save_predictions_to,
-                               progress=progress, plots=plots, strict_classes=strict_classes)
+                               progress=progress, plots=plots, strict_classes=strict_classes, errors=errors)
 
 
 def _open(weights: str | Path, *, model: str | None = None, task: str | None = None, device: str = "auto",

@@ -294,6 +294,9 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict-classes", action="store_true", help="stop with an error when the predictions file "
                    "or the model has classes the dataset does not have (default: ignore their detections, as "
                    "pycocotools and the VOC devkit do, with a note naming them and counting the detections)")
+    p.add_argument("--errors", action="store_true", help="detectors: break the lost AP down by error type (TIDE: "
+                   "classification, localisation, both, duplicate, background, missed; the AP each would gain if "
+                   "fixed, at IoU .50 and .50:.95), per-class FP/FN counts and the images that lose the most")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
     p.add_argument("--save-predictions", type=Path, metavar="FILE", help="with --weights: keep the predictions")
     p.add_argument("--plots", type=Path, metavar="DIR", help="also draw per-class precision/recall curves "
@@ -360,7 +363,7 @@ def _run_eval(args: argparse.Namespace) -> int:
                           format=args.format, metrics=args.metric, iou_thresh=args.iou_thresh,
                           batch_size=args.batch_size, device=args.device, workers=args.workers,
                           save_predictions_to=args.save_predictions, prefer_ema=not args.no_ema,
-                          plots=args.plots, task=args.task, strict_classes=args.strict_classes)
+                          plots=args.plots, task=args.task, strict_classes=args.strict_classes, errors=args.errors)
     _print_notes(report.notes)
     for reason in report.skipped[:10]:
         print(f"skipped: {reason}", file=sys.stderr)
@@ -373,6 +376,10 @@ def _run_eval(args: argparse.Namespace) -> int:
             from boxforge.evaluation.coco import summary_lines
 
             print("\n" + "\n".join(summary_lines(report.results["coco"]["stats"])))  # pycocotools' own text
+        if "errors" in report.results:
+            from boxforge.evaluation.errors import format_errors
+
+            print("\n" + format_errors(report.results["errors"]))
     if args.json:
         write_json(args.json, report.to_json(), indent=2)
         print(f"results written to {args.json}")

@@ -197,12 +197,14 @@ def evaluate_checkpoint(val: DatasetIndex, checkpoint: Path,
                         device: str) -> tuple[Predictions, dict[str, Any], list[str]]:
     """(Predictions, `evaluate_detections` results, notes) of `checkpoint` on `val`, as `boxforge eval` runs it."""
     from boxforge.evaluation import evaluate_detections
+    from boxforge.evaluation.errors import analyse_errors
     from boxforge.inference.evaluate import model_predictions
     from boxforge.inference.load import load_model
 
     preds, notes, skipped = model_predictions(val, load_model(checkpoint, device, task="detect").backend)
     with contextlib.redirect_stdout(io.StringIO()):
         results = evaluate_detections(val, preds)
+    results["errors"] = analyse_errors(val, preds).to_json()
     if skipped:
         notes.append(f"{len(skipped)} images could not be read; their objects count as missed")
     return preds, results, notes
@@ -210,20 +212,27 @@ def evaluate_checkpoint(val: DatasetIndex, checkpoint: Path,
 
 def evaluation_section(val: DatasetIndex, checkpoint: Path, preds: Predictions, results: dict[str, Any],
                        notes: list[str]) -> Section:
+    from boxforge.evaluation.errors import error_rows
     from boxforge.evaluation.table import coco_lines, table_rows
-    from boxforge.plots.evaluation import coco_curves, coco_figure, voc_curves, voc_figure
+    from boxforge.plots.evaluation import coco_curves, coco_figure, errors_figure, voc_curves, voc_figure
 
     headers, rows = table_rows(results)
     iou = results["voc12"]["iou_thresh"]
     recall, coco = coco_curves(val, preds)
     figures = [_img(_png_uri(voc_figure(voc_curves(val, preds, iou), iou)), "VOC precision/recall"),
                _img(_png_uri(coco_figure(recall, coco)), "COCO precision/recall")]
+    errors = ""
+    if "errors" in results:  # where the AP goes: TIDE's breakdown (evaluation/errors.py), as `eval --errors`
+        figures.append(_img(_png_uri(errors_figure(results["errors"])), "AP lost by error type"))
+        errors = ("<p>Where the AP goes: points of AP each error type would gain if fixed (TIDE), at IoU .50 and "
+                  "averaged over .50:.95.</p>"
+                  + _table(["error type", "count", "dAP50", "dAP"], error_rows(results["errors"])))
     body = (f"<p>{html.escape(checkpoint.name)} on the validation split {html.escape(str(val.split or '(all)'))}: "
             f"{len(val)} images, {val.num_objects} objects, {len(preds)} detections "
             f"(score threshold 0.001, as training validated).</p>"
             + "".join(f"<p>note: {html.escape(n)}</p>" for n in notes)
             + _table(headers, rows, last_is_mean=True)
-            + f"<pre>{html.escape(chr(10).join(coco_lines(results)))}</pre>"
+            + f"<pre>{html.escape(chr(10).join(coco_lines(results)))}</pre>" + errors
             + "".join(f"<figure>{f}</figure>" for f in figures))
     return Section("evaluation", f"Evaluation of {checkpoint.name}", body)
 

@@ -20,6 +20,7 @@ import boxforge
 from boxforge.checkpoint import load_checkpoint
 from boxforge.cli import build_parser, main
 from boxforge.config import make_config
+from boxforge.evaluation.errors import error_rows
 from boxforge.evaluation.table import table_rows
 from tests.engine.conftest import train_args
 from tests.plots._png import assert_png
@@ -114,10 +115,14 @@ def test_training_writes_a_self_contained_report(trained_run: Run) -> None:
     assert [s for s, _ in page.images].count("curves") == 3
 
     # evaluation: exactly the table `boxforge eval` gives for best.pt on the validation split
-    report = boxforge.evaluate(trained_run.data, weights=trained_run.dir / "best.pt", split="test", progress=False)
+    report = boxforge.evaluate(trained_run.data, weights=trained_run.dir / "best.pt", split="test", progress=False,
+                               errors=True)
     headers, expected = table_rows(report.results)
-    assert page.tables["evaluation"] == [headers] + expected
-    assert [s for s, _ in page.images].count("evaluation") == 2  # VOC and COCO precision/recall
+    per_class, errors = page.tables["evaluation"][:len(expected) + 1], page.tables["evaluation"][len(expected) + 1:]
+    assert per_class == [headers] + expected
+    # and where the AP goes: `eval --errors`' breakdown of the same checkpoint (evaluation/errors.py)
+    assert errors == [["error type", "count", "dAP50", "dAP"]] + error_rows(report.results["errors"])
+    assert [s for s, _ in page.images].count("evaluation") == 3  # VOC and COCO precision/recall, AP lost by error
 
     # predictions: every validation image (5 < 6 shown at most), drawn as JPEG
     drawn = {alt: src for (s, src), alt in zip(page.images, page.alts) if s == "predictions"}

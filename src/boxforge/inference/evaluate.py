@@ -24,6 +24,7 @@ from boxforge.data.index import DatasetIndex
 from boxforge.data.splits import eval_split
 from boxforge.errors import BoxforgeError
 from boxforge.evaluation import METRICS, Predictions, evaluate_detections, load_predictions, save_predictions
+from boxforge.evaluation.errors import analyse_errors
 from boxforge.evaluation.predictions import class_mapping
 from boxforge.inference.backends import Backend
 from boxforge.inference.batches import Progress, predict_index
@@ -147,13 +148,14 @@ def evaluate(data: str | Path | Sequence[str | Path] | DatasetIndex, *, model: L
              predictions: str | Path | None = None, split: str | None = None, format: str | None = None,
              metrics: str | Sequence[str] = "all", iou_thresh: float = 0.5, batch_size: int = 8, workers: int = 0,
              save_predictions_to: str | Path | None = None, progress: bool = True, plots: str | Path | None = None,
-             strict_classes: bool = False) -> EvalReport:
+             strict_classes: bool = False, errors: bool = False) -> EvalReport:
     """Evaluate `model` (a loaded detector, run on the images) or a `predictions` file on DATA; see EvalReport.
 
     split: default `default_split(data)`: the split policy's evaluation split (data/splits.py).
     strict_classes: detections of classes the dataset lacks are an error; by default they are ignored
         (as pycocotools and the VOC devkit do) with a note naming the classes and counting them.
     plots: a folder for per-class precision/recall curves and the table as PNG (see plots/evaluation.py).
+    errors: also break the lost AP down by error type (evaluation/errors.py), as `results["errors"]`.
     """
     if (model is None) == (predictions is None):
         raise BoxforgeError("give either a model (a checkpoint or .onnx) or predictions (a predictions file)")
@@ -180,6 +182,8 @@ def evaluate(data: str | Path | Sequence[str | Path] | DatasetIndex, *, model: L
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         results = evaluate_detections(index, preds, chosen, iou_thresh=iou_thresh)
     notes.extend(results.get("coco", {}).get("notes", []))
+    if errors:
+        results["errors"] = analyse_errors(index, preds).to_json()
     if skipped:
         notes.append(f"{len(skipped)} images could not be read; their objects count as missed")
     drawn: list[Path] = []

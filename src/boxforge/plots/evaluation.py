@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 
 from boxforge.data.index import DatasetIndex
 from boxforge.evaluation.coco import precision_curves, run_cocoeval
+from boxforge.evaluation.errors import error_rows
 from boxforge.evaluation.predictions import Predictions
 from boxforge.evaluation.table import coco_lines, table_rows
 from boxforge.evaluation.voc import GroundTruth, class_curves, voc_ap
@@ -33,6 +34,7 @@ from boxforge.plots.common import DPI, new_figure, save, write_csv
 
 PR_VOC_PNG, PR_COCO_PNG, TABLE_PNG = "pr_voc.png", "pr_coco.png", "table.png"
 PR_VOC_CSV, PR_COCO_CSV = "pr_voc.csv", "pr_coco.csv"
+ERRORS_PNG, ERRORS_CSV = "errors.png", "errors.csv"
 VOC_CURVE = tuple[np.ndarray, np.ndarray, int]  # recall (D,), precision (D,), non-difficult ground truth
 
 
@@ -150,6 +152,21 @@ def table_figure(results: dict[str, Any], title: str = "") -> Figure:
     return fig
 
 
+def errors_figure(doc: dict[str, Any], title: str = "") -> Figure:
+    """`eval --errors`: the AP gained by fixing each error type, at IoU .50 and averaged over .50:.95, as bars."""
+    rows = error_rows(doc)
+    fig, axes = new_figure(1, 1, width=7.5, row_height=3.6)
+    ax = axes[0, 0]
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [float(r[2]) for r in rows], width=0.4, label="dAP @ IoU .50", color="#4c72b0")
+    ax.bar(x + 0.2, [float(r[3]) for r in rows], width=0.4, label="dAP @ .50:.95", color="#dd8452")
+    ax.set_xticks(x, [r[0] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("AP points gained if fixed")
+    ax.set_title(title or f"where the AP goes (AP50 {doc['ap50']:.3f}, AP {doc['ap']:.3f})")
+    ax.legend(loc="upper right")
+    return fig
+
+
 def _write_voc_csv(path: Path, curves: dict[str, VOC_CURVE]) -> Path:
     rows = ((name, i + 1, r, p) for name, (rec, prec, npos) in curves.items() if npos
             for i, (r, p) in enumerate(zip(rec, prec)))
@@ -164,7 +181,8 @@ def _write_coco_csv(path: Path, recall: np.ndarray, curves: dict[str, tuple[np.n
 def plot_evaluation(index: DatasetIndex, preds: Predictions, results: dict[str, Any], out_dir: str | Path, *,
                     iou_thresh: float = 0.5, metrics: Sequence[str] = ("voc07", "voc12", "coco"),
                     title: str = "") -> list[Path]:
-    """Write pr_voc.png/.csv (if a VOC metric is asked), pr_coco.png/.csv (if coco is), table.png; returns them.
+    """Write pr_voc.png/.csv (if a VOC metric is asked), pr_coco.png/.csv (if coco is), table.png, and
+    errors.png/.csv when `results` holds an error analysis (`eval --errors`); returns them.
 
     results: what `evaluate_detections(index, preds, metrics, iou_thresh)` returned for the same inputs.
     """
@@ -179,4 +197,8 @@ def plot_evaluation(index: DatasetIndex, preds: Predictions, results: dict[str, 
         written += [save(coco_figure(recall, curves_coco, title), out / PR_COCO_PNG),
                     _write_coco_csv(out / PR_COCO_CSV, recall, curves_coco)]
     written.append(save(table_figure(results, title), out / TABLE_PNG))
+    if "errors" in results:
+        written += [save(errors_figure(results["errors"]), out / ERRORS_PNG),
+                    write_csv(out / ERRORS_CSV, ["type", "count", "dAP50_points", "dAP_points"],
+                              error_rows(results["errors"]))]
     return written
