@@ -246,6 +246,37 @@ def export_onnx(weights: str | Path, out: str | Path, *, img_size: int | None = 
                            max_det=100 if max_det is None else max_det, check_images=check_images, check=check)
 
 
+def audit(data: str | Path | list[str | Path], *, out: str | Path, time: float | None = None,
+          folds: int | None = None, predictions: str | Path | None = None, split: str | None = None,
+          format: str | None = None, model: str | None = None, img_size: int | str | None = None,
+          batch_size: int | None = None, workers: int | None = None, threads: int | str | None = None,
+          device: str | None = None, seed: int = 0) -> Any:
+    """Suspected label mistakes in DATA (see audit/rank.py), from out-of-fold predictions: K fold models trained
+    within `time` minutes (audit/folds.py), or the user's own out-of-fold `predictions` file. Writes
+    OUT/issues.json and OUT/review.html (and OUT/folds/ with each fold's run). model, img_size, batch_size,
+    workers, threads, device, seed: the fold models' training settings (default: `train`'s). Returns an
+    AuditReport."""
+    from boxforge.audit.run import run_audit
+
+    index = load_dataset(data, split=split, format=format)
+    name = " ".join(map(str, data)) if isinstance(data, (list, tuple)) else str(data)
+    settings = {"model": model, "img_size": img_size, "batch_size": batch_size, "workers": workers,
+                "threads": threads, "device": device, "seed": seed}
+    return run_audit(index, name=name, out=Path(out), time=time, folds=folds, predictions=predictions, seed=seed,
+                     settings={k: v for k, v in settings.items() if v is not None})
+
+
+def apply_audit(decisions: str | Path, *, data: str | Path | list[str | Path], out: str | Path,
+                split: str | None = None, format: str | None = None) -> Any:
+    """Write DATA with the accepted decisions of review.html's decisions.json applied, as a new copy in OUT (the
+    original is never touched; OUT/audit-manifest.json lists every change). Returns an ApplyReport."""
+    from boxforge.audit.apply import apply_decisions
+
+    index = load_dataset(data, split=split, format=format)
+    name = " ".join(map(str, data)) if isinstance(data, (list, tuple)) else str(data)
+    return apply_decisions(Path(decisions), index, Path(out), source=name)
+
+
 def report(run_dir: str | Path, *, device: str = "auto", images: int = 6) -> Path:
     """(Re)write RUN_DIR/report.html, the self-contained page `train` writes at the end of a run: settings,
     dataset, curves, the best checkpoint's evaluation table and PR curves, drawn validation images.
@@ -257,4 +288,4 @@ def report(run_dir: str | Path, *, device: str = "auto", images: int = 6) -> Pat
     return run_report.write_report(run_dir, device=device, images=images)
 
 
-__all__ += ["evaluate", "export_onnx", "pack", "predict", "report"]
+__all__ += ["apply_audit", "audit", "evaluate", "export_onnx", "pack", "predict", "report"]

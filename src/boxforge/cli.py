@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _plot_parser(sub)
     _inference_parsers(sub)
     _prepare_parser(sub)
+    _audit_parser(sub)
     return parser
 
 
@@ -104,6 +105,52 @@ def _local_rank_arg(p: argparse.ArgumentParser, shown: bool = False) -> None:
     p.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=argparse.SUPPRESS,
                    metavar="N", help="accepted from python -m torch.distributed.launch (without --use-env); "
                    "used as LOCAL_RANK when the environment has none" if shown else argparse.SUPPRESS)
+
+
+def _audit_parser(sub: argparse._SubParsersAction) -> None:
+    from boxforge.models import models_for
+
+    p = sub.add_parser("audit", help="find suspected label mistakes (missing, spurious, loose, wrongly named boxes)",
+                       description="Train K fold models within --time minutes, predict each image with the model that "
+                                   "did not see it, and rank where predictions and labels disagree; writes "
+                                   "OUT/issues.json and OUT/review.html (accept/reject in the browser, save "
+                                   "decisions.json). With --apply DECISIONS.json --data DATA --out NEW: write a "
+                                   "corrected copy of DATA with the accepted changes (the original is not touched).")
+    p.add_argument("data", nargs="*", metavar="DATA", help="dataset folder or file (or give --data)")
+    p.add_argument("--data", dest="data_option", nargs="+", metavar="DATA", help="the dataset (with --apply)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where issues.json and review.html go "
+                   "(with --apply: the new folder for the corrected copy)")
+    p.add_argument("--time", type=float, metavar="MINUTES", help="budget for the fold models (training and "
+                   "prediction)")
+    p.add_argument("--folds", type=int, metavar="K", help="number of folds (default: 3 below 20 minutes, 4 below "
+                   "40, else 5; fewer for small sets)")
+    p.add_argument("--predictions", type=Path, metavar="FILE", help="your own out-of-fold predictions (a boxforge "
+                   "predictions file or COCO results list) instead of training")
+    p.add_argument("--apply", type=Path, metavar="DECISIONS", help="decisions.json saved from review.html")
+    _data_args(p)
+    p.add_argument("--model", choices=models_for("detect"), help="the fold models' architecture (default: train's)")
+    p.add_argument("--img-size", type=_size_or_auto, metavar="PX|auto")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--threads", type=_count_or_auto, metavar="N|auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=0, help="fold assignment and training seed (default 0)")
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    data = args.data or args.data_option
+    if not data:
+        raise BoxforgeError("audit needs DATA (or --data DATA)")
+    data = data if len(data) > 1 else data[0]
+    if args.apply:
+        print(api.apply_audit(args.apply, data=data, out=args.out, split=args.split, format=args.format).summary())
+        return EXIT_OK
+    report = api.audit(data, out=args.out, time=args.time, folds=args.folds, predictions=args.predictions,
+                       split=args.split, format=args.format, model=args.model, img_size=args.img_size,
+                       batch_size=args.batch_size, workers=args.workers, threads=args.threads, device=args.device,
+                       seed=args.seed)
+    print(report.summary())
+    return EXIT_OK
 
 
 def _prepare_parser(sub: argparse._SubParsersAction) -> None:
@@ -490,6 +537,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
 
 COMMANDS["prepare"] = _run_prepare
+COMMANDS["audit"] = _run_audit
 
 
 def main(argv: list[str] | None = None) -> int:

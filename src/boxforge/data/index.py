@@ -121,6 +121,12 @@ class DatasetIndex:
     def num_difficult(self) -> int:
         return int(sum(int(s.difficult.sum()) for s in self.samples))
 
+    def subset(self, positions: list[int] | np.ndarray, split: str | None = None) -> DatasetIndex:
+        """An index of the samples at `positions` (the same Sample objects; classes, root, meta kept)."""
+        return DatasetIndex(classes=list(self.classes), samples=[self.samples[int(i)] for i in positions],
+                            format=self.format, root=self.root, task=self.task, split=split,
+                            problems=list(self.problems), splits=dict(self.splits), meta=dict(self.meta))
+
     def by_id(self) -> dict[str, Sample]:
         return {s.image_id: s for s in self.samples}
 

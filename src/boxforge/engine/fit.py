@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from boxforge.config import TrainConfig
+from boxforge.data.splits import TrainVal
 from boxforge.engine import distributed
 from boxforge.engine.logging import MetricsLog
 from boxforge.engine.loop import Loop
@@ -37,11 +38,13 @@ class TrainResult:
     device: torch.device | None = None
 
 
-def fit(cfg: TrainConfig, *, local_rank: int | None = None) -> TrainResult:
+def fit(cfg: TrainConfig, *, local_rank: int | None = None, data: TrainVal | None = None) -> TrainResult:
     """Train a detector or a classifier as `cfg` says; returns where the outputs are. See README "Training".
 
     local_rank: torch.distributed.launch's `--local-rank`, for when the environment has no LOCAL_RANK
     (a launch detail, not a setting: it is not part of `cfg`, so not in config.yaml or checkpoints).
+    data: training and validation sets chosen by the caller (`boxforge audit`'s folds) instead of by the
+    split policy from `cfg.data`.
     """
     info = distributed.from_env(local_rank)
     device = resolve_device(cfg.device, local_rank=info.local_rank)
@@ -55,7 +58,7 @@ def fit(cfg: TrainConfig, *, local_rank: int | None = None) -> TrainResult:
         log.print(threads_note)
     try:
         with kernel_choice(cfg, device):
-            result = _fit(cfg, info, device, run_dir, log)
+            result = _fit(cfg, info, device, run_dir, log, data)
     except Exception as exc:
         lost = distributed.lost_peer(exc, info)
         if lost is None:
@@ -68,8 +71,8 @@ def fit(cfg: TrainConfig, *, local_rank: int | None = None) -> TrainResult:
 
 
 def _fit(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device, run_dir: Path,
-         log: MetricsLog) -> TrainResult:
-    parts = prepare_run(cfg, info, device, run_dir, log)
+         log: MetricsLog, data: TrainVal | None) -> TrainResult:
+    parts = prepare_run(cfg, info, device, run_dir, log, data)
     loop = Loop(parts)
     with Watchdog(cfg.stall_timeout, run_dir if info.is_main else None) as watchdog:
         loop.watchdog = watchdog

@@ -216,15 +216,16 @@ class TrainRun:
     state: State
 
 
-def prepare_run(cfg: TrainConfig, info: DistInfo, device: torch.device, run_dir: Path, log: MetricsLog) -> TrainRun:
-    """Everything the loop needs, in order: resume point, data (split policy), task, model, loader, optimizer,
-    EMA, scaler, plan; writes config.yaml and splits.json (main rank) and logs what it chose."""
+def prepare_run(cfg: TrainConfig, info: DistInfo, device: torch.device, run_dir: Path, log: MetricsLog,
+                data: TrainVal | None = None) -> TrainRun:
+    """Everything the loop needs, in order: resume point, data (`data`, else the split policy), task, model,
+    loader, optimizer, EMA, scaler, plan; writes config.yaml and splits.json (main rank) and logs what it chose."""
     resume = find_resume(cfg, run_dir, log)
     if resume is not None and (note := keep_checkpoint_threads(cfg, resume.get("threads"))):
         log.print(note)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    chosen = load_train_val(cfg)
+    chosen = data if data is not None else load_train_val(cfg)
     train_index, val_index = chosen.train, chosen.val
     for line in chosen.summary() + chosen.notes:
         log.print(line)
