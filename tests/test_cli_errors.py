@@ -75,6 +75,12 @@ CASES: list[tuple[str, list[str], str]] = [
     ("export an onnx file", ["export", "--weights", "{fake_onnx}", "--out", "{out}/e3.onnx"], "{fake_onnx}"),
     ("plot missing", ["plot", "{missing}"], "{missing}"),
     ("plot noise", ["plot", "{noise}"], "{noise}"),
+    ("audit without a budget", ["audit", "{voc}", "--out", "{out}/a1"], "--time MINUTES"),
+    ("audit broken predictions", ["audit", "{voc}", "--out", "{out}/a2", "--predictions", "{bad_json}"],
+     "malformed JSON"),
+    ("audit a tiny set", ["audit", "{voc}", "--out", "{out}/a3", "--time", "5"], "at least 20 images"),
+    ("audit apply junk", ["audit", "--apply", "{bad_json}", "--data", "{voc}", "--out", "{out}/a4"],
+     "malformed JSON"),
     ("prepare missing devkit", ["prepare", "imagenet", "--devkit", "{missing}", "--val", "{empty}"], "{missing}"),
 ]
 
