@@ -219,7 +219,7 @@ def predict(weights: str | Path, sources: str | Path | list[str | Path], *, out:
                               batch_size=batch_size or 8, workers=workers, progress=progress, img_size=img_size)
 
 
-def export_onnx(weights: str | Path, out: str | Path, *, img_size: int | None = None, opset: int = 17,
+def export_onnx(weights: str | Path, out: str | Path, *, img_size: int | None = None, opset: int = 18,
                 dynamic_batch: bool = False, score_thresh: float | None = None, iou_thresh: float | None = None,
                 max_det: int | None = None, check_images: list[str | Path] | None = None, check: bool = True,
                 prefer_ema: bool = True) -> Any:

@@ -369,20 +369,23 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
     _model_run_args(p)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX (NMS inside the graph), parity-checked",
-                       description="Write an ONNX model: input images (B, 3, S, S) float RGB 0..1; outputs boxes "
-                                   "(B, K, 4) in input pixels, scores, labels (0-based), num_detections. Metadata "
-                                   "holds img_size, class_names, normalization, postprocess. The export is checked "
-                                   "against the checkpoint; a mismatch is an error (exit status 2).")
+                       description="Write an ONNX model: input images (B, 3, S, S) float RGB 0..1, and for detectors "
+                                   "score_thresh, iou_thresh, max_det (optional inputs with the export's values as "
+                                   "defaults, so predict/eval set them at run time); outputs boxes (B, K, 4) in input "
+                                   "pixels, scores, labels (0-based), num_detections. Metadata holds img_size, "
+                                   "class_names, normalization, postprocess. The export is checked against the "
+                                   "checkpoint; a mismatch is an error (exit status 2).")
     p.add_argument("--weights", type=Path, required=True, metavar="CKPT")
     p.add_argument("--out", type=Path, required=True, metavar="MODEL.onnx")
     p.add_argument("--img-size", type=int, help="input size (default: the checkpoint's)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 11 (default 17)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 15 to 18 (default 18, what torch's exporter "
+                   "writes; lower ones are converted down)")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
-    p.add_argument("--score-thresh", type=float, help="detectors: baked in (default 0.001, right for mAP; "
-                   "predict can raise it later)")
-    p.add_argument("--iou-thresh", type=float, help="detectors: NMS IoU, baked in (default: the model's, "
-                   "usually 0.45)")
-    p.add_argument("--max-det", type=int, help="detectors: baked in (default 100)")
+    p.add_argument("--score-thresh", type=float, help="detectors: default of the graph's score_thresh input "
+                   "(default 0.001, right for mAP; predict feeds its own)")
+    p.add_argument("--iou-thresh", type=float, help="detectors: default of the graph's NMS iou_thresh input "
+                   "(default: the model's, usually 0.45)")
+    p.add_argument("--max-det", type=int, help="detectors: default of the graph's max_det input (default 100)")
     p.add_argument("--check-images", nargs="+", type=Path, metavar="IMAGE", help="parity check images "
                    "(default: 4 synthetic ones)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check")

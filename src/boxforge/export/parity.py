@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,12 +132,12 @@ def _run_raw(graph: torch.nn.Module, batch: torch.Tensor) -> tuple[np.ndarray, n
     import onnxruntime as ort
 
     from boxforge.export.graph import RawOutputs
+    from boxforge.export.trace import to_onnx
 
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
+    with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "raw.onnx"
-        torch.onnx.export(RawOutputs(graph).eval(), (batch,), str(path), dynamo=False, opset_version=17,
-                          input_names=["images"], output_names=["boxes", "scores"])
+        to_onnx(RawOutputs(graph), (batch,), path, input_names=["images"], output_names=["boxes", "scores"],
+                opset=18)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         boxes, scores = session.run(None, {"images": batch.numpy()})
     return boxes, scores
