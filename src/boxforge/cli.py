@@ -276,6 +276,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     cls.add_argument("--crop-scale", type=float, metavar="S", help="smallest area fraction RandomResizedCrop "
                      "keeps (default 0.08; raise it for small images)")
     p.add_argument("--config", type=Path, metavar="FILE.yaml", help="defaults for any of these settings")
+    p.add_argument("--plan", action="store_true", help="do not train: print what the run would do (the recipe and why) "
+                   "and cost (img/s measured over a few real steps, epochs that fit in --time, peak memory), with "
+                   "warnings where the budget or the data is short")
+    p.add_argument("--json", type=Path, metavar="FILE", help="with --plan: also write the plan as JSON")
     _local_rank_arg(p, shown=True)
 
 
@@ -457,8 +461,17 @@ def _run_export(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from boxforge.config import make_config
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("command", "config", "local_rank")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "config", "local_rank", "plan", "json")}
     cfg = make_config(settings, args.config)
+    if args.plan:
+        plan = api.train_plan(cfg)
+        print("\n".join(plan.lines()))
+        if args.json:
+            write_json(args.json, plan.to_json(), indent=2)
+            print(f"plan written to {args.json}")
+        return EXIT_OK
+    if args.json:
+        raise BoxforgeError("--json writes the plan: give it with --plan")
     result = api.train(cfg, local_rank=getattr(args, "local_rank", None))
     best = (f", best {result.best_label} {result.best_metric:.4f} ({result.best})"
             if result.best_metric is not None else "")
