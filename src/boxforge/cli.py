@@ -12,6 +12,7 @@ from boxforge.data.convert import TARGETS
 from boxforge.data.formats.detect import FORMATS
 from boxforge.errors import BoxforgeError
 from boxforge.files import write_json
+from boxforge.progress import progress_setting
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_FAILED = 0, 1, 2
 
@@ -490,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command != "train" and hasattr(args, "local_rank"):
             raise BoxforgeError("--local-rank is for train (as torch.distributed.launch passes it)")
+        progress_setting()  # a bad BOXFORGE_PROGRESS fails now, not after the data is loaded
         return COMMANDS[args.command](args)
     except BoxforgeError as exc:
         print(f"boxforge {args.command}: error: {exc}", file=sys.stderr)
