@@ -216,7 +216,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--on-disk-full", choices=("stop", "continue"),
                    help="when a checkpoint cannot be saved for lack of space: stop (default; exit status 2) or "
                         "continue training without that save; the previous checkpoint stays intact either way")
-    p.add_argument("--log-every", type=int, metavar="N")
+    p.add_argument("--log-every", type=int, metavar="N",
+                   help="when the output is not a terminal, print a progress line every N steps (default 10); "
+                        "a terminal shows a bar per epoch instead (BOXFORGE_PROGRESS=bar|lines|off chooses)")
     p.add_argument("--tensorboard", action="store_true", default=None, help="also log the metrics.jsonl scalars "
                    "to OUT/tensorboard (needs: pip install 'boxforge[tensorboard]')")
     p.add_argument("--no-report", dest="report", action="store_false", default=None,
