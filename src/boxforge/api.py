@@ -224,7 +224,7 @@ def predict(weights: str | Path, sources: str | Path | list[str | Path], *, out:
         _given("classify", {"--score-thresh": score_thresh, "--iou-thresh": iou_thresh, "--max-det": max_det,
                             "--per-class-json": per_class_json})
         return predict_classes(loaded, listed, out=out, top_k=5 if top_k is None else top_k, json_path=json_path,
-                               batch_size=batch_size or 32, workers=workers, img_size=img_size)
+                               batch_size=batch_size or 32, workers=workers, img_size=img_size, progress=progress)
     from boxforge.inference.predict import predict_detections
 
     _given("detect", {"--top-k": top_k})

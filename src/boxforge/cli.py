@@ -12,6 +12,7 @@ from boxforge.data.convert import TARGETS
 from boxforge.data.formats.detect import FORMATS
 from boxforge.errors import BoxforgeError
 from boxforge.files import write_json
+from boxforge.progress import progress_setting
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_FAILED = 0, 1, 2
 
@@ -262,7 +263,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--on-disk-full", choices=("stop", "continue"),
                    help="when a checkpoint cannot be saved for lack of space: stop (default; exit status 2) or "
                         "continue training without that save; the previous checkpoint stays intact either way")
-    p.add_argument("--log-every", type=int, metavar="N")
+    p.add_argument("--log-every", type=int, metavar="N",
+                   help="when the output is not a terminal, print a progress line every N steps (default 10); "
+                        "a terminal shows a bar per epoch instead (BOXFORGE_PROGRESS=bar|lines|off chooses)")
     p.add_argument("--tensorboard", action="store_true", default=None, help="also log the metrics.jsonl scalars "
                    "to OUT/tensorboard (needs: pip install 'boxforge[tensorboard]')")
     p.add_argument("--no-report", dest="report", action="store_false", default=None,
@@ -558,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command != "train" and hasattr(args, "local_rank"):
             raise BoxforgeError("--local-rank is for train (as torch.distributed.launch passes it)")
+        progress_setting()  # a bad BOXFORGE_PROGRESS fails now, not after the data is loaded
         return COMMANDS[args.command](args)
     except BoxforgeError as exc:
         print(f"boxforge {args.command}: error: {exc}", file=sys.stderr)
