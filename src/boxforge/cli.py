@@ -257,6 +257,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snapshot-every-epochs", type=int, metavar="N", help="keep epoch-N.pt snapshots every N "
                    "epochs (compare them with eval --weights 'OUT/epoch-*.pt')")
     p.add_argument("--keep", type=int, metavar="K", help="snapshots of each kind (step-, epoch-) to keep (default 3)")
+    p.add_argument("--best-metric", choices=("voc12", "coco", "fitness"), help="detectors: what chooses best.pt: "
+                   "voc12 (VOC12 mAP@0.5, the default), coco (COCO AP .50:.95) or fitness (0.1 AP50 + 0.9 AP, "
+                   "Ultralytics' choice; rewards tight boxes)")
     p.add_argument("--val-every", type=int, metavar="N",
                    help="validate every N epochs (default: at epoch ends, about every 5%% of the run)")
     p.add_argument("--stall-timeout", type=float, metavar="SECONDS", help="watchdog limit (default 300)")
