@@ -30,6 +30,8 @@ MIN_EPOCHS = 30  # fewer passes than this over a small set leaves a detector und
 MIN_CLASS_BOXES = 10  # a class with fewer training boxes is unlikely to be learned
 TINY_PX = 8.0  # boxes smaller than this at the input size are hard for a stride-8 map
 WARMUP, MEASURED = 2, 6  # steps: the first ones pay for start-up and are left out
+MEASURE_S = 4.0  # a window shorter than this is re-measured longer: a busy machine makes short windows noisy
+MAX_STEPS = 200  # ... but never with more steps than this
 
 
 @dataclass
@@ -38,6 +40,7 @@ class TrainPlan:
     img_size: int | None
     batch_size: int
     img_s: float | None = None
+    measured_steps: int | None = None
     epochs: float | None = None
     minutes: float | None = None
     peak_memory_mb: float | None = None
@@ -52,7 +55,7 @@ class TrainPlan:
         if self.img_s is not None:
             cost = (f"about {self.epochs:.0f} epochs fit in {self.minutes:g} min" if self.epochs is not None
                     else f"the run needs about {self.minutes:.1f} min")
-            out.append(f"  measured: {self.img_s:.1f} img/s over {MEASURED} steps on this machine; {cost} "
+            out.append(f"  measured: {self.img_s:.1f} img/s over {self.measured_steps} steps on this machine; {cost} "
                        f"(before validation); peak memory {self.peak_memory_mb:.0f} MB")
         return out + [f"  warning: {w}" for w in self.warnings]
 
@@ -107,13 +110,13 @@ def _tiny_share(index: DatasetIndex, size: int) -> float:
     return float((wh.min(axis=1) * size < TINY_PX).mean()) if len(wh) else 0.0
 
 
-def measure(cfg: TrainConfig, chosen: TrainVal, plan: TrainPlan) -> TrainPlan:
-    """Add the measured img/s, epochs (or minutes) and peak memory: WARMUP + MEASURED steps of this very run."""
+def _trial(cfg: TrainConfig, chosen: TrainVal, measured: int) -> tuple[float, float, int]:
+    """Train WARMUP + `measured` real steps of this run in a temporary folder: (img/s, seconds measured, img size)."""
     from boxforge.checkpoint import load_checkpoint
     from boxforge.engine.fit import fit
 
     with tempfile.TemporaryDirectory(prefix="boxforge-plan-") as tmp:
-        trial = dataclasses.replace(cfg, out=tmp, iterations=WARMUP + MEASURED, time=None, epochs=None, resume=None,
+        trial = dataclasses.replace(cfg, out=tmp, iterations=WARMUP + measured, time=None, epochs=None, resume=None,
                                     report=False, log_every=10**9, save_every=0, snapshot_every=0,
                                     snapshot_every_epochs=0, tensorboard=False)
         with contextlib.redirect_stdout(io.StringIO()):  # the trial's own log lines are not the plan
@@ -122,7 +125,24 @@ def measure(cfg: TrainConfig, chosen: TrainVal, plan: TrainPlan) -> TrainPlan:
         built = int(load_checkpoint(result.last)["img_size"])
     steps = [r for r in records if r.get("type") == "train"]
     first, last = steps[WARMUP - 1], steps[-1]
-    plan.img_s = (last["images_seen"] - first["images_seen"]) / max(last["time"] - first["time"], 1e-9)
+    seconds = max(last["time"] - first["time"], 1e-9)
+    return (last["images_seen"] - first["images_seen"]) / seconds, seconds, built
+
+
+def measure(cfg: TrainConfig, chosen: TrainVal, plan: TrainPlan) -> TrainPlan:
+    """Add the measured img/s, epochs (or minutes) and peak memory from real steps of this very run.
+
+    WARMUP + MEASURED steps first; when those few steps took under MEASURE_S (a small or fast model), a
+    second trial runs as many steps as fill MEASURE_S (at most MAX_STEPS), so epoch boundaries and a busy
+    neighbour weigh in the figure as they will in the run."""
+    steps = MEASURED
+    img_s, seconds, built = _trial(cfg, chosen, steps)
+    if seconds < MEASURE_S:
+        longer = min(MAX_STEPS, int(MEASURE_S * img_s / cfg.batch_size) + 1)
+        if longer > steps:
+            steps = longer
+            img_s, seconds, built = _trial(cfg, chosen, steps)
+    plan.img_s, plan.measured_steps = img_s, steps
     plan.img_size = plan.img_size or built
     plan.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     per_epoch = len(chosen.train) / plan.img_s
