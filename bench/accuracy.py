@@ -19,6 +19,8 @@ which makes it over-confident) and cannot use the pairing (which would make it l
 as a rough guide; only differences well outside both intervals are settled. The paired comparison
 is bench/peer_yolov8.py: it runs the YOLOv8n peer on this machine, keeps its per-image predictions
 and scores both on the same resamples. `--tag` keeps a replicate run beside the earlier ones.
+Recipes run in one invocation are paired with each other: each after the first gets `paired_vs`, the share
+of the same resamples in which it beats the first (e.g. `--recipe default --recipe default_multiscale`).
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ def main() -> None:
     args = parser.parse_args()
     recipes = args.recipe or ["default"]
     results: dict[str, Any] = {}
+    scored: dict[str, Any] = {}  # recipe -> its test-set predictions, for the paired comparison below
     for recipe in recipes:
         run = args.runs / recipe
         if run.exists():
@@ -173,8 +176,18 @@ def main() -> None:
         entry["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         entry["load_average_after"] = round(os.getloadavg()[0], 2)
         results[f"{recipe}@{args.tag}" if args.tag else recipe] = entry
+        scored[f"{recipe}@{args.tag}" if args.tag else recipe] = (index, preds)
         print(f"[{recipe}] VOC12 mAP {metrics['voc12']:.3f} COCO AP {metrics['coco_ap']:.3f} "
               f"({training['img_per_s']} img/s)", flush=True)
+    if len(scored) > 1:  # recipes of this run against the first, on the same resamples of the test images
+        first = next(iter(scored))
+        paired = paired_bootstrap(scored[first][0], {k: v[1] for k, v in scored.items()}, args.bootstrap)
+        for recipe in list(scored)[1:]:
+            results[recipe]["paired_vs"] = {first: {
+                key: round(float((paired[recipe][key] > paired[first][key]).mean()), 3) for key in ("voc12", "coco_ap")}}
+            print(f"[{recipe}] P(better than {first}) over {args.bootstrap} paired resamples: "
+                  f"VOC12 {results[recipe]['paired_vs'][first]['voc12']}, "
+                  f"COCO AP {results[recipe]['paired_vs'][first]['coco_ap']}", flush=True)
     name = "accuracy-quick" if args.quick else "accuracy"
     path = RESULTS / f"{name}.json"
     if path.exists():  # recipes run one at a time (15 minutes each) accumulate; a rerun replaces its own entry

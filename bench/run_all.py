@@ -24,6 +24,7 @@ SUITE = [
     # one thread per backend: on 2 shared cores, 2-thread eager timings swung 3-10x run to run (OpenMP spin-waits)
     ("inference_speed", ["--threads", "1", "--repeats", "20"]),
     ("data_pipeline", ["--synthetic", "150", "--workers", "2", "--repeats", "3"]),
+    ("decode_speed", []),  # TorchCodec against torchvision.io and PIL: read_image's decoder (~1 min)
     ("slow_storage", []),  # the pack's purpose: JPEGs on a store with per-read latency (simulated) vs a local pack
     ("train_speed", ["--images", "200", "--epochs", "5", "--ssdlite-iters", "8", "--vgg-iters", "4"]),
     # the default thread count idle and with one core busy (the full sweep: thread_split.py at its defaults, ~15 min)

@@ -173,6 +173,21 @@ def inference_rows(doc: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def decode_rows(doc: dict[str, Any]) -> list[Row]:
+    rows = []
+    for set_name, entry in doc["speed"].items():
+        if "real" not in set_name:
+            continue
+        d = entry["decoders"]
+        ours, ref = d["torchcodec"], d["torchvision.io"]
+        same = doc["pixels"][set_name]["decoders"]["torchcodec"]["vs torchvision.io"]["images_differing"] == 0
+        met = same and ours["speed_vs_torchvision_fastest_pass"] >= 0.95  # the fastest passes: least load noise
+        rows.append((f"image decoding, {set_name} ({entry['images']} imgs), images/s (TorchCodec)",
+                     f"{ours['images_per_s']:.0f}", f"{ref['images_per_s']:.0f} (torchvision.io)",
+                     f"{ours['speed_vs_torchvision']:.2f}x", f"same pixels, >= 0.95x: {_met(met)}"))
+    return rows
+
+
 def check_rows(doc: dict[str, Any]) -> list[Row]:
     s = doc["check"]["median_s"]
     return [(f"`boxforge check` of {doc['images']} images, s", f"{s:.1f}", "", "", f"< 30 s: {_met(s < 30)}")]
@@ -196,7 +211,7 @@ def memory_rows(doc: dict[str, Any]) -> list[Row]:
 def table() -> str:
     rows: list[Row] = []
     machines = []
-    for name, fn in (("data_pipeline", data_rows), ("slow_storage", storage_rows), ("train_speed", train_rows),
+    for name, fn in (("data_pipeline", data_rows), ("slow_storage", storage_rows), ("decode_speed", decode_rows), ("train_speed", train_rows),
                      ("thread_split", thread_rows),
                      ("step_speed", step_rows),
                      ("eval_speed", eval_rows),

@@ -95,6 +95,20 @@ def train(config: TrainConfig | None = None, *, config_file: str | Path | None =
     return result
 
 
+def train_plan(config: TrainConfig | None = None, *, config_file: str | Path | None = None,
+               **settings: object) -> Any:
+    """What `train` with these settings would do and cost, without training (engine/plan.py): the recipe with
+    its reasons, img/s measured over a few real steps, the epochs that fit in `time`, peak memory, warnings.
+    Returns a TrainPlan (`.to_json()`: model, img_size, batch_size, img_s, epochs, peak_memory_mb, reasons,
+    warnings)."""
+    from boxforge.config import make_config
+    from boxforge.engine.plan import plan_training
+
+    cfg = config if config is not None else make_config(dict(settings), config_file)
+    cfg.validate()
+    return plan_training(cfg)
+
+
 def _write_report(run_dir: Path, device: str) -> None:
     """RUN_DIR/report.html once the checkpoints are safely written; any failure here is only a warning,
     because a finished run must never be lost to its report (`boxforge plot RUN_DIR --report` retries)."""
@@ -210,7 +224,7 @@ def predict(weights: str | Path, sources: str | Path | list[str | Path], *, out:
         _given("classify", {"--score-thresh": score_thresh, "--iou-thresh": iou_thresh, "--max-det": max_det,
                             "--per-class-json": per_class_json})
         return predict_classes(loaded, listed, out=out, top_k=5 if top_k is None else top_k, json_path=json_path,
-                               batch_size=batch_size or 32, workers=workers, img_size=img_size)
+                               batch_size=batch_size or 32, workers=workers, img_size=img_size, progress=progress)
     from boxforge.inference.predict import predict_detections
 
     _given("detect", {"--top-k": top_k})
@@ -288,4 +302,4 @@ def report(run_dir: str | Path, *, device: str = "auto", images: int = 6) -> Pat
     return run_report.write_report(run_dir, device=device, images=images)
 
 
-__all__ += ["apply_audit", "audit", "evaluate", "export_onnx", "pack", "predict", "report"]
+__all__ += ["apply_audit", "audit", "evaluate", "export_onnx", "pack", "predict", "report", "train_plan"]

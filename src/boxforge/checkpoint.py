@@ -57,6 +57,14 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+# What torch.load raises on a truncated or corrupt file besides UnpicklingError: arbitrary bytes drive torch's
+# restricted unpickler into any of these (e.g. IndexError "pop from empty list" for a stray opcode); all mean
+# the same thing for the user. models/weights.py catches the same set.
+UNREADABLE_TORCH_FILE: tuple[type[BaseException], ...] = (
+    RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
+    AttributeError, OverflowError, MemoryError, struct.error)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
                     mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint with `weights_only=True`; every failure becomes one clear CheckpointError.
@@ -75,10 +83,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             raise CheckpointError(f"{path}: refused: the file needs pickled code to load, which weights_only=True "
                                   f"forbids ({found})") from exc
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or not a torch file)") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
-            AttributeError, OverflowError, MemoryError, struct.error) as exc:
-        # arbitrary bytes drive torch's restricted unpickler into any of these (e.g. IndexError
-        # "pop from empty list" for a stray opcode); all mean the same thing for the user
+    except UNREADABLE_TORCH_FILE as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt): "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     if not isinstance(state, dict):

@@ -12,6 +12,7 @@ from boxforge.data.convert import TARGETS
 from boxforge.data.formats.detect import FORMATS
 from boxforge.errors import BoxforgeError
 from boxforge.files import write_json
+from boxforge.progress import progress_setting
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_FAILED = 0, 1, 2
 
@@ -256,13 +257,18 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snapshot-every-epochs", type=int, metavar="N", help="keep epoch-N.pt snapshots every N "
                    "epochs (compare them with eval --weights 'OUT/epoch-*.pt')")
     p.add_argument("--keep", type=int, metavar="K", help="snapshots of each kind (step-, epoch-) to keep (default 3)")
+    p.add_argument("--best-metric", choices=("voc12", "coco", "fitness"), help="detectors: what chooses best.pt: "
+                   "voc12 (VOC12 mAP@0.5, the default), coco (COCO AP .50:.95) or fitness (0.1 AP50 + 0.9 AP, "
+                   "Ultralytics' choice; rewards tight boxes)")
     p.add_argument("--val-every", type=int, metavar="N",
                    help="validate every N epochs (default: at epoch ends, about every 5%% of the run)")
     p.add_argument("--stall-timeout", type=float, metavar="SECONDS", help="watchdog limit (default 300)")
     p.add_argument("--on-disk-full", choices=("stop", "continue"),
                    help="when a checkpoint cannot be saved for lack of space: stop (default; exit status 2) or "
                         "continue training without that save; the previous checkpoint stays intact either way")
-    p.add_argument("--log-every", type=int, metavar="N")
+    p.add_argument("--log-every", type=int, metavar="N",
+                   help="when the output is not a terminal, print a progress line every N steps (default 10); "
+                        "a terminal shows a bar per epoch instead (BOXFORGE_PROGRESS=bar|lines|off chooses)")
     p.add_argument("--tensorboard", action="store_true", default=None, help="also log the metrics.jsonl scalars "
                    "to OUT/tensorboard (needs: pip install 'boxforge[tensorboard]')")
     p.add_argument("--no-report", dest="report", action="store_false", default=None,
@@ -276,6 +282,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     cls.add_argument("--crop-scale", type=float, metavar="S", help="smallest area fraction RandomResizedCrop "
                      "keeps (default 0.08; raise it for small images)")
     p.add_argument("--config", type=Path, metavar="FILE.yaml", help="defaults for any of these settings")
+    p.add_argument("--plan", action="store_true", help="do not train: print what the run would do (the recipe and why) "
+                   "and cost (img/s measured over a few real steps, epochs that fit in --time, peak memory), with "
+                   "warnings where the budget or the data is short")
+    p.add_argument("--json", type=Path, metavar="FILE", help="with --plan: also write the plan as JSON")
     _local_rank_arg(p, shown=True)
 
 
@@ -460,8 +470,17 @@ def _run_export(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from boxforge.config import make_config
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("command", "config", "local_rank")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "config", "local_rank", "plan", "json")}
     cfg = make_config(settings, args.config)
+    if args.plan:
+        plan = api.train_plan(cfg)
+        print("\n".join(plan.lines()))
+        if args.json:
+            write_json(args.json, plan.to_json(), indent=2)
+            print(f"plan written to {args.json}")
+        return EXIT_OK
+    if args.json:
+        raise BoxforgeError("--json writes the plan: give it with --plan")
     result = api.train(cfg, local_rank=getattr(args, "local_rank", None))
     best = (f", best {result.best_label} {result.best_metric:.4f} ({result.best})"
             if result.best_metric is not None else "")
@@ -548,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command != "train" and hasattr(args, "local_rank"):
             raise BoxforgeError("--local-rank is for train (as torch.distributed.launch passes it)")
+        progress_setting()  # a bad BOXFORGE_PROGRESS fails now, not after the data is loaded
         return COMMANDS[args.command](args)
     except BoxforgeError as exc:
         print(f"boxforge {args.command}: error: {exc}", file=sys.stderr)

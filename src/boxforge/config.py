@@ -65,6 +65,7 @@ class TrainConfig:
     snapshot_every: int = 0  # iterations between kept step-N.pt snapshots (0: none)
     snapshot_every_epochs: int = 0  # epochs between kept epoch-N.pt snapshots (0: none)
     keep: int = 3
+    best_metric: str = "voc12"  # detectors: what chooses best.pt: voc12, coco (AP) or fitness (0.1 AP50 + 0.9 AP)
     val_every: int | None = None  # epochs; None: each epoch ending 5% of the run after the last validation
     stall_timeout: float = 300.0
     on_disk_full: str = "stop"  # a checkpoint save that finds the disk full: "stop" the run, or "continue" unsaved
@@ -127,6 +128,8 @@ class TrainConfig:
         if self.threads is not None and self.threads != "auto" and (
                 isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
             raise BoxforgeError(f"--threads {self.threads!r}; allowed: an integer >= 1 or auto")
+        if self.best_metric not in ("voc12", "coco", "fitness"):
+            raise BoxforgeError(f"--best-metric {self.best_metric!r}; choose one of: voc12, coco, fitness")
         if self.freeze not in (None, "backbone"):
             raise BoxforgeError(f"--freeze {self.freeze!r}; the only choice is: backbone")
         if self.snapshot_every < 0 or self.snapshot_every_epochs < 0:

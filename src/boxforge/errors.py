@@ -47,3 +47,7 @@ class TrainingError(BoxforgeError):
 
 class ExportError(BoxforgeError):
     """An export that cannot be written or does not reproduce its checkpoint."""
+
+
+class SettingError(BoxforgeError):
+    """An environment setting boxforge reads (BOXFORGE_PROGRESS) holds a value it does not know."""

@@ -162,7 +162,7 @@ def dataset_section(train: DatasetIndex | None, val: DatasetIndex | None, why: s
 
 def curves_section(run_dir: Path) -> tuple[Section, str]:
     """The three figures of `boxforge plot RUN_DIR`, and a one-line summary of the run for the header."""
-    from boxforge.plots.curves import BEST_KEY, loss_figure, lr_figure, read_metrics, val_figure
+    from boxforge.plots.curves import loss_figure, lr_figure, read_metrics, val_figure
 
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
@@ -180,8 +180,8 @@ def curves_section(run_dir: Path) -> tuple[Section, str]:
         summary = f"{int(np.nanmax(series.train['step']))} steps"
     if series.best is not None:
         b = series.best
-        summary += (f"; best.pt at step {series.val['step'][b]:.0f} with {BEST_KEY} "
-                    f"{series.val[BEST_KEY][b]:.4f}")
+        summary += (f"; best.pt at step {series.val['step'][b]:.0f} with {series.best_key} "
+                    f"{series.val[series.best_key][b]:.4f}")
     body = "".join(f"<figure>{f}</figure>" for f in figures) or _missing("metrics.jsonl holds no train or val record")
     return Section("curves", "Curves", body), summary
 

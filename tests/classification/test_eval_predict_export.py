@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import onnx
@@ -14,6 +16,8 @@ from boxforge.cli import main
 from boxforge.engine.fit import TrainResult
 from boxforge.errors import BoxforgeError
 from boxforge.inference.load import load_model
+from boxforge.progress import ENV
+from tests.terminal import Terminal
 
 
 def test_eval_matches_training_validation_and_prints_reference_lines(short_run: TrainResult, small_set: Path,
@@ -36,6 +40,22 @@ def test_eval_matches_training_validation_and_prints_reference_lines(short_run: 
     assert sum(matrix[i][i] for i in range(3)) == round(doc["acc1"] * 12 / 100)
     assert set(doc["per_class"]) == {"circle", "square", "triangle"}
     assert all(v["images"] == 4 for v in doc["per_class"].values())
+
+
+def test_eval_on_a_terminal_shows_a_bar_over_the_batches(short_run: TrainResult, small_set: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not the `Test: [...]` lines: a tqdm bar with the running loss and accuracies, then the closing line."""
+    monkeypatch.delenv(ENV, raising=False)
+    term = Terminal(columns=120)
+    monkeypatch.setattr(sys, "stdout", term.open_writer())
+    code = main(["eval", "--data", str(small_set), "--weights", str(short_run.best), "--batch-size", "4",
+                 "--device", "cpu"])
+    monkeypatch.undo()
+    shown = term.close()
+    assert code == 0
+    assert re.search(r"\r(?!\n)", shown) and "Test: 100%|" in shown and "3/3" in shown, repr(shown)
+    assert "batch/s" in shown and "acc1=" in shown and "Test: [" not in shown, repr(shown)
+    assert " * Acc@1 " in shown
 
 
 def test_predict_gives_top_k_probabilities(short_run: TrainResult, small_set: Path, tmp_path: Path) -> None:

@@ -24,8 +24,6 @@ from boxforge.engine.sampler import ResumableSampler, SeededDataset
 from boxforge.engine.tasks import ClassifyTask, DetectTask
 from boxforge.errors import BoxforgeError
 
-# torchvision 0.29 deprecates torchvision.io decoding in favour of TorchCodec (not installed here).
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 torch.set_num_threads(1)
 
 S = 48  # cache keeps the longer side at most 2 x S = 96 px
@@ -80,7 +78,7 @@ def _count_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize("ext", [".png", ".jpg"])  # torchvision.io decodes JPEGs channels-last, PNGs not
+@pytest.mark.parametrize("ext", [".png", ".jpg"])  # two decoders (libpng, libjpeg): the cache must not care
 def test_cached_samples_equal_uncached_and_each_file_decoded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   ext: str) -> None:
     index = _index(tmp_path / "small", SMALL, ext)

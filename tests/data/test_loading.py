@@ -27,8 +27,6 @@ from boxforge.data.loading import (
 from boxforge.data.transforms import SafeIoUCrop, classification_transforms, detection_transforms
 from boxforge.errors import DatasetError, UnsafeInputError
 
-# torchvision 0.29 deprecates torchvision.io decoding in favour of TorchCodec (not installed here).
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 torch.set_num_threads(1)  # tiny tensors: extra threads only add overhead on a 2-core runner
 
 RED, BLUE = (220, 20, 20), (20, 20, 220)

@@ -18,8 +18,6 @@ from boxforge.data.transforms import detection_transforms
 from boxforge.engine.sampler import SeededDataset
 from boxforge.errors import BoxforgeError
 
-# torchvision 0.29 deprecates torchvision.io decoding in favour of TorchCodec (not installed here).
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 torch.set_num_threads(1)
 
 S = 64

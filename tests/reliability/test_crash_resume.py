@@ -39,10 +39,13 @@ def _kill_after(args: list[str], run: Path, step: int, timeout: float = 240) -> 
     """Start training, SIGKILL it once `step` steps are logged (somewhere mid-epoch); its data loader workers,
     their forkserver and resource tracker must end by themselves within a few seconds."""
     proc = start_training(args, stdout=subprocess.DEVNULL)
-    wait_for_steps(proc, run, step, timeout)
-    family = descendants(proc.pid)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    try:
+        wait_for_steps(proc, run, step, timeout)
+        family = descendants(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.stderr.close()  # read only if it ended early (wait_for_steps); left open, it warns when collected
     left = wait_gone(family, timeout=10)
     for pid in left:  # do not leak them into the rest of the suite
         os.kill(pid, signal.SIGKILL)

@@ -107,6 +107,8 @@ def test_a_dead_rank_ends_the_other_at_once_with_a_clear_message(synth_set, tmp_
         for p in procs:
             if p.poll() is None:
                 p.kill()
+            p.stdout.close()  # the killed rank's pipes (communicate closed the other's)
+            p.stderr.close()
     assert procs[0].returncode in (2, EXIT_STALL), err
     assert elapsed < STALL_S + MARGIN
     assert "Traceback" not in err, err

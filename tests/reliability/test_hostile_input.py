@@ -110,6 +110,7 @@ def test_entity_expansion_and_external_entities_are_refused_unexpanded(tmp_path)
         elapsed = time.monotonic() - started
     finally:
         server.shutdown()
+        server.server_close()
     refused = {p.annotation for p in report.problems if p.kind == "invalid_annotation" and "DTD or entities" in p.detail}
     assert refused == {f"Annotations/{n}.xml" for n in ("laughs", "http", "file", "param")}, report.problems
     assert _Recorder.requests == [], "an external entity was fetched"

@@ -54,7 +54,8 @@ def test_many_epochs_keep_memory_flat_and_handles_bounded(synth_set, tmp_path):
         if sample is not None:
             samples.append((steps_logged(run), sample))
         time.sleep(0.2)
-    err = proc.stderr.read()
+    with proc.stderr:
+        err = proc.stderr.read()
     assert proc.returncode == 0, err
     total = steps_logged(run)
     steps_per_epoch = total // EPOCHS

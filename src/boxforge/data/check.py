@@ -2,6 +2,8 @@
 
 Image headers are read, pixels are not (unless `deep`), so a 20,000-image set is
 checked in seconds. Duplicates are found by hashing only files whose sizes collide.
+Both passes show their progress (boxforge/progress.py: a bar on a terminal, a plain line
+every few seconds on stderr otherwise, nothing for a short check).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from boxforge.data.problems import Problem
 from boxforge.data.safety import regular_file_problem
 from boxforge.data.splits import nested_splits
 from boxforge.errors import UnsafeInputError
+from boxforge.progress import progress
 
 @dataclass
 class CheckReport:
@@ -56,8 +59,9 @@ def check_dataset(index: DatasetIndex, *, deep: bool = False) -> CheckReport:
     # (image, annotation) pairs the reader could not read cleanly: their objects are unknown, not absent, so
     # such a sample is never also called an empty annotation ("used as a background image") on top of that
     misread = {(p.image, p.annotation) for p in index.problems if p.severity == "error"}
-    for sample in index.samples:
-        problems.extend(_check_sample(index, sample, deep, misread))
+    with progress(len(index.samples), label="check", unit="images") as shown:
+        for sample in shown.iterate(index.samples):
+            problems.extend(_check_sample(index, sample, deep, misread))
     problems.extend(_duplicates(index))
     problems.extend(_split_overlap(index))
     return CheckReport(format=index.format, images=len(index), objects=index.num_objects,
@@ -155,10 +159,10 @@ def _duplicates(index: DatasetIndex) -> list[Problem]:
             except OSError:
                 continue
     by_hash: dict[str, list[Sample]] = defaultdict(list)
-    for group in by_size.values():
-        if len(group) > 1:
-            for s in group:
-                by_hash[_digest(s.image_path)].append(s)
+    same_size = [s for group in by_size.values() if len(group) > 1 for s in group]
+    with progress(len(same_size), label="check: duplicates", unit="images") as shown:
+        for s in shown.iterate(same_size):
+            by_hash[_digest(s.image_path)].append(s)
     split_of = {i: name for name, ids in index.splits.items() for i in ids}
     found = []
     for group in by_hash.values():

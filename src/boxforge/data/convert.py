@@ -2,7 +2,8 @@
 
 Invalid boxes (NaN, zero or negative area) are never silently fixed: they are
 left out and counted. What the target cannot hold (difficult/truncated flags) is
-named in the report. Images are copied, never moved or linked.
+named in the report. Images are copied, never moved or linked. Progress goes to stderr
+(boxforge/progress.py: a bar on a terminal, else a line every few seconds for a long run).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from boxforge.data.formats.txtlist import format_txtlist_line
 from boxforge.data.formats.voc import write_voc_annotation
 from boxforge.data.index import DatasetIndex, Sample
 from boxforge.errors import BoxforgeError
+from boxforge.progress import Progress, progress
 
 TARGETS: tuple[str, ...] = ("voc", "coco", "yolo", "txt")
+Writer = Callable[[DatasetIndex, Path, "ConvertReport", Progress], None]  # counts each sample on the Progress
 
 
 @dataclass
@@ -62,8 +65,9 @@ def convert(index: DatasetIndex, out: Path, to: str) -> ConvertReport:
         raise BoxforgeError(f"{out}: folder is not empty; convert writes only into a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     report = ConvertReport(to, out)
-    writer: Callable[[DatasetIndex, Path, ConvertReport], None] = _WRITERS[to]
-    writer(index, out, report)
+    writer: Writer = _WRITERS[to]
+    with progress(len(index.samples), label="convert", unit="images") as shown:
+        writer(index, out, report, shown)
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in index.classes), encoding="utf-8")
     return report
 
@@ -103,8 +107,8 @@ def _split_lists(index: DatasetIndex) -> dict[str, list[str]]:
     return lists
 
 
-def _write_voc(index: DatasetIndex, out: Path, report: ConvertReport) -> None:
-    for sample in index.samples:
+def _write_voc(index: DatasetIndex, out: Path, report: ConvertReport, shown: Progress) -> None:
+    for sample in shown.iterate(index.samples):
         clean = _valid(sample, report)
         rel = _copy_image(sample, out / "JPEGImages", report)
         clean.image_path = out / "JPEGImages" / rel
@@ -121,12 +125,12 @@ def _write_voc(index: DatasetIndex, out: Path, report: ConvertReport) -> None:
 WIDTH_DECIMALS = 10
 
 
-def _write_coco(index: DatasetIndex, out: Path, report: ConvertReport) -> None:
+def _write_coco(index: DatasetIndex, out: Path, report: ConvertReport, shown: Progress) -> None:
     name = index.split if index.split and not Path(index.split).suffix else "all"
     cat_ids = index.meta.get("category_ids") or list(range(1, len(index.classes) + 1))
     from_coco = index.format == "coco"
     images, annotations = [], []
-    for number, sample in enumerate(index.samples, start=1):
+    for number, sample in enumerate(shown.iterate(index.samples), start=1):
         clean = _valid(sample, report)
         rel = _copy_image(sample, out / "images" / name, report)
         images.append({"id": number, "file_name": rel, "width": sample.width, "height": sample.height})
@@ -147,8 +151,8 @@ def _write_coco(index: DatasetIndex, out: Path, report: ConvertReport) -> None:
         report.lost_fields.append("truncated flags")
 
 
-def _write_yolo(index: DatasetIndex, out: Path, report: ConvertReport) -> None:
-    for sample in index.samples:
+def _write_yolo(index: DatasetIndex, out: Path, report: ConvertReport, shown: Progress) -> None:
+    for sample in shown.iterate(index.samples):
         clean = _valid(sample, report)
         rel = _copy_image(sample, out / "images", report)
         lines = []
@@ -181,9 +185,9 @@ def _write_yolo(index: DatasetIndex, out: Path, report: ConvertReport) -> None:
         report.lost_fields.append("truncated flags")
 
 
-def _write_txt(index: DatasetIndex, out: Path, report: ConvertReport) -> None:
+def _write_txt(index: DatasetIndex, out: Path, report: ConvertReport, shown: Progress) -> None:
     lines = {}
-    for sample in index.samples:
+    for sample in shown.iterate(index.samples):
         clean = _valid(sample, report)
         rel = _copy_image(sample, out / "images", report)
         lines[sample.image_id] = format_txtlist_line(clean, f"images/{rel}")
@@ -196,5 +200,5 @@ def _write_txt(index: DatasetIndex, out: Path, report: ConvertReport) -> None:
         report.lost_fields.append("truncated flags")
 
 
-_WRITERS: dict[str, Callable[[DatasetIndex, Path, ConvertReport], None]] = {
+_WRITERS: dict[str, Writer] = {
     "voc": _write_voc, "coco": _write_coco, "yolo": _write_yolo, "txt": _write_txt}

@@ -2,16 +2,25 @@
 
 Headers are read without decoding pixels (PIL opens lazily), so a 20,000-image
 check stays fast and a decompression bomb is refused before any decoding.
+
+Pixels are decoded by TorchCodec: torchvision 0.29 deprecates its own decoders for it.
+bench/decode_speed.py (one process, two runs, 2 cores at load 2.6-2.8) measured it at
+1.00x torchvision.io's rate on raccoon's 200 photos and 0.99-1.15x on microcontroller's
+149 (fastest passes 0.99-1.09x on every JPEG/PNG set; PIL 0.55-0.87x), with every pixel
+equal, greyscale, CMYK and EXIF orientations 1-8 included. It also decodes 16-bit PNGs
+to uint8 (torchvision.io returned uint16) and animated WebP (torchvision.io refused it).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -116,8 +125,8 @@ def verify_decode(path: Path, max_pixels: int = MAX_PIXELS) -> None:
 def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode to (H, W, 3) uint8 RGB with EXIF orientation applied (greyscale, palette, CMYK converted).
 
-    Used where a numpy image is wanted (drawing, synthesizer checks); the training
-    loader decodes with torchvision.io instead.
+    Used where a numpy image is wanted (drawing, synthesizer checks) and by read_image
+    for what TorchCodec does not decode; the training loader decodes with read_image.
     """
     from PIL import ImageOps
 
@@ -130,8 +139,37 @@ def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageReadError(f"{path}: cannot decode ({exc})") from exc
 
 
-# Formats torchvision.io decodes; the rest (BMP, TIFF) go through PIL.
-_TORCHVISION_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP"})
+# Formats TorchCodec decodes with the libraries its wheel bundles (no FFmpeg needed); BMP and TIFF go through PIL.
+_TORCHCODEC_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP"})
+# Its error text starts with the C++ function and source location: "decode_rows, /path/DecodeJpeg.cpp:287, ".
+_CPP_LOCATION = re.compile(r"^\w+, \S+:\d+, ")
+
+
+def _decoded_by_pil(header: ImageHeader) -> bool:
+    """Formats TorchCodec lacks, and palette PNGs: torchcodec 0.16.0 decodes a palette PNG with a tRNS chunk
+    (transparency) as four channels into a three-channel buffer, corrupting the heap and killing the process
+    (meta-pytorch/torchcodec#1731, fixed after 0.16.0). PIL reads every palette PNG; they are rare in photo sets."""
+    return header.format not in _TORCHCODEC_FORMATS or (header.format == "PNG" and header.mode in ("P", "PA"))
+
+
+@functools.lru_cache(maxsize=1)
+def _torchcodec_decoder() -> Callable[..., "torch.Tensor"] | None:
+    """TorchCodec's decode_image, or None (once warned) where its native library does not load.
+
+    PyPI's Linux wheel is built for CUDA torch: beside a CPU-only torch it fails to load libnvrtc (seen
+    with torch 2.13.0+cpu). Then
+    PIL decodes everything, slower (0.6-0.8x on the real photos of bench/decode_speed.py) with the same
+    JPEG pixels; a 16-bit PNG is clipped to 8 bits instead of scaled.
+    """
+    try:
+        from torchcodec.decoders import decode_image
+    except (ImportError, OSError) as exc:
+        warnings.warn(f"TorchCodec cannot be loaded ({str(exc)[:160]}); images are decoded with PIL, more slowly. "
+                      "Install the torchcodec build that matches your torch (for a CPU-only torch: "
+                      "pip install torchcodec --index-url https://download.pytorch.org/whl/cpu)",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return decode_image
 
 
 def _read_regular_file(path: Path) -> "torch.Tensor":
@@ -161,21 +199,25 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> "torch.Tensor":
     """Decode to (3, H, W) uint8 RGB with EXIF orientation applied.
 
     The header is checked first (regular file, a real image, not a decompression
-    bomb). Greyscale, palette, CMYK and alpha images become RGB; an animated GIF
-    gives its first frame. Raises ImageReadError, UnsafeInputError or FileNotFoundError.
+    bomb). Greyscale, palette, CMYK and alpha images become RGB (alpha dropped, as
+    PIL's convert("RGB") does); 16-bit PNGs are scaled to 8 bits; an animated GIF or
+    WebP gives its first frame. TorchCodec decodes JPEG, PNG, GIF and WebP (it applies
+    EXIF orientation itself); PIL the rest. The tensor is channels-last in memory (a
+    (3, H, W) view of (H, W, 3)), which makes the uint8 resize after it several times faster.
+    Raises ImageReadError, UnsafeInputError or FileNotFoundError.
     """
     import torch  # here, not at the top: `check` reads headers only and starts without torch
-    from torchvision.io import ImageReadMode, decode_image
 
     header = read_header(path, max_pixels)
-    if header.format not in _TORCHVISION_FORMATS:
-        rgb = load_rgb(path, max_pixels)  # (H, W, 3), read-only
-        return torch.from_numpy(np.array(rgb.transpose(2, 0, 1), order="C"))
+    decode_image = _torchcodec_decoder()
+    if decode_image is None or _decoded_by_pil(header):
+        rgb = np.array(load_rgb(path, max_pixels))  # (H, W, 3), a writable copy
+        return torch.from_numpy(rgb).permute(2, 0, 1)  # channels-last, as TorchCodec gives
     data = _read_regular_file(path)
     try:
-        image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    except RuntimeError as exc:
-        reason = str(exc).rsplit(", ", 1)[-1]  # drop the C++ source location
+        image = decode_image(data, mode="RGB")
+    except (RuntimeError, ValueError) as exc:
+        reason = _CPP_LOCATION.sub("", str(exc).strip()) or type(exc).__name__
         raise ImageReadError(f"{path}: cannot decode ({reason})") from exc
     return image[0] if image.ndim == 4 else image
 

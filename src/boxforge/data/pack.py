@@ -36,6 +36,7 @@ from boxforge.data.index import DatasetIndex, Sample
 from boxforge.data.safety import is_inside, regular_file_problem
 from boxforge.errors import DatasetError, UnsafeInputError
 from boxforge.files import atomic_path, atomic_write
+from boxforge.progress import progress
 
 PACK_FORMAT = "boxforge-pack"
 PACK_VERSION = 1
@@ -77,6 +78,7 @@ def write_pack(index: DatasetIndex, out: str | Path, *, max_side: int | None = N
 
     max_side: pre-resize so the longer side is at most this many pixels (boxes scaled
         to match); None keeps the decoded size. Unreadable images are left out and listed.
+    Progress goes to stderr (boxforge/progress.py: a bar on a terminal, else a line every few seconds).
     """
     if index.task != "detect":
         raise DatasetError(f"pack needs a detection dataset; this one has task {index.task!r}")
@@ -87,8 +89,9 @@ def write_pack(index: DatasetIndex, out: str | Path, *, max_side: int | None = N
     ids, offsets, shapes, crcs = [], [0], [], []
     boxes, labels, difficult, box_offsets = [], [], [], [0]
     skipped: list[tuple[str, str]] = []
-    with atomic_path(out / PIXELS) as tmp, open(tmp, "wb") as fh:
-        for s in index.samples:
+    with atomic_path(out / PIXELS) as tmp, open(tmp, "wb") as fh, \
+            progress(len(index.samples), label="pack", unit="images") as shown:
+        for s in shown.iterate(index.samples):
             try:
                 if s.image_path is None:
                     raise ImageReadError(f"sample {s.image_id!r} has no image path")

@@ -1,8 +1,11 @@
 """Training logs: readable lines on the console, one JSON object a line in RUN_DIR/metrics.jsonl,
 and with `--tensorboard` the same scalars as TensorBoard events in RUN_DIR/tensorboard.
 
-Only rank 0 writes. The console line looks like
+Only rank 0 writes. Inside `epoch()` the console shows what boxforge/progress.py chooses: on a
+terminal a bar per epoch (batches done, then loss, img/s, lr and the run's eta beside it; other lines are
+printed above it), otherwise the line every `--log-every` steps, which looks like
 `epoch 3 iter 120/500 loss 2.314 (avg 2.501) cls 1.62 box 0.69 lr 0.0150 18.3 img/s eta 0:04:12 mem 1.2G`.
+metrics.jsonl is the same either way.
 TensorBoard is an optional dependency (`pip install 'boxforge[tensorboard]'`): asking for it without the
 package fails before any data is read, on every rank, with one line saying how to install it.
 """
@@ -16,12 +19,15 @@ import resource
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
 
 from boxforge.errors import BoxforgeError
+from boxforge.progress import Progress, progress
 
 TENSORBOARD_DIR = "tensorboard"
 TENSORBOARD_MISSING = ("--tensorboard needs the tensorboard package, which is not installed; "
@@ -61,6 +67,7 @@ class MetricsLog:
         self._stream = stream  # None: whatever sys.stdout is when printing (redirections made later apply)
         self.path = Path(run_dir) / "metrics.jsonl" if run_dir else None
         self._avg: deque[float] = deque(maxlen=window)
+        self._shown: Progress | None = None  # the epoch's progress, inside `epoch()`
         self._fh = None
         if enabled and self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,8 +102,23 @@ class MetricsLog:
         if kind == "val":
             self._tb.flush()  # validations are rare and the ones worth seeing at once
 
+    @contextmanager
+    def epoch(self, epoch: int, *, total: int, done: int = 0) -> Iterator[None]:
+        """Progress of one epoch of `total` batches, `done` of them already (a resumed epoch)."""
+        self._shown = progress(total, label=f"epoch {epoch}", unit="batches", stream=self._stream or sys.stdout,
+                               initial=done, every=None, enabled=self.enabled, rate=False)
+        try:
+            yield
+        finally:
+            self._shown.close()
+            self._shown = None
+
     def print(self, text: str) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        if self._shown is not None:
+            self._shown.write(text)  # above the bar, when one is drawn
+        else:
             print(text, file=self._stream or sys.stdout, flush=True)
 
     def step(self, *, epoch: int, iteration: int, iters_per_epoch: int, step: int, losses: dict[str, float],
@@ -108,12 +130,20 @@ class MetricsLog:
         self.record({"type": "train", "step": step, "epoch": epoch, "iter": iteration, "loss": total, "loss_avg": avg,
                      **{f"loss_{k}": v for k, v in losses.items()}, "lr": lr, "images_seen": images_seen,
                      "img_per_s": img_per_s})
-        if not log_line:
+        eta = str(datetime.timedelta(seconds=int(eta_s))) if eta_s is not None else None
+        line = None
+        if log_line:
+            parts = " ".join(f"{_SHORT.get(k, k)} {v:.3f}" for k, v in losses.items())
+            line = (f"epoch {epoch} iter {iteration}/{iters_per_epoch} loss {total:.3f} (avg {avg:.3f}) {parts} "
+                    f"lr {lr:.4f} {img_per_s:.1f} img/s{f' eta {eta}' if eta else ''} mem {memory_gb(device):.1f}G")
+        if self._shown is None:
+            if line is not None:
+                self.print(line)
             return
-        parts = " ".join(f"{_SHORT.get(k, k)} {v:.3f}" for k, v in losses.items())
-        eta = f" eta {datetime.timedelta(seconds=int(eta_s))}" if eta_s is not None else ""
-        self.print(f"epoch {epoch} iter {iteration}/{iters_per_epoch} loss {total:.3f} (avg {avg:.3f}) {parts} "
-                   f"lr {lr:.4f} {img_per_s:.1f} img/s{eta} mem {memory_gb(device):.1f}G")
+        postfix = {"loss": f"{total:.3f}", "img/s": f"{img_per_s:.1f}", "lr": f"{lr:.4f}"}  # short: a line wide
+        if eta:
+            postfix["run eta"] = eta
+        self._shown.update(iteration - self._shown.done, line=line, **postfix)
 
     def validation(self, *, epoch: int, step: int, metrics: dict[str, Any]) -> None:
         self.record({"type": "val", "step": step, "epoch": epoch, **metrics})

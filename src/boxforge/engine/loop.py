@@ -92,7 +92,8 @@ class Loop:
             self.watchdog.beat(stage)
 
     def _epoch(self) -> bool:
-        """One epoch from `state.iteration`; False when the run's budget ended inside it."""
+        """One epoch from `state.iteration`, its progress shown by the log (a bar on a terminal); False when
+        the run's budget ended inside it."""
         state, cfg = self.state, self.cfg
         self.sampler.set_epoch(state.epoch, state.iteration)
         self.model.train()
@@ -100,28 +101,29 @@ class Loop:
         tick = time.perf_counter()
         self._tick_clock()
         self._beat("waiting for data")
-        for images, targets in _guarded(self.loader, self):
-            self._beat("in the training step")
-            losses, ok = self._step(images, targets)
-            now = time.perf_counter()
-            state.train_seconds += now - tick
-            tick = now
-            self._tick_clock()
-            state.iteration += 1
-            if not ok:
-                consecutive_bad += 1
-                state.nonfinite_total += 1
-                if consecutive_bad >= cfg.max_nonfinite:
-                    raise TrainingError(f"{consecutive_bad} non-finite losses in a row "
-                                        f"({self.task.describe_batch(targets)}); "
-                                        f"stopping; the last good checkpoint is {self.run_dir / 'last.pt'}")
-            else:
-                consecutive_bad = 0
-                self._after_step(losses, len(targets))
-            if self.plan.done(state.global_step, state.elapsed_seconds, state.epoch):
-                self._save("last.pt")
-                return state.iteration >= self.plan.iters_per_epoch
-            self._beat("waiting for data")
+        with self.log.epoch(state.epoch, total=self.plan.iters_per_epoch, done=state.iteration):
+            for images, targets in _guarded(self.loader, self):
+                self._beat("in the training step")
+                losses, ok = self._step(images, targets)
+                now = time.perf_counter()
+                state.train_seconds += now - tick
+                tick = now
+                self._tick_clock()
+                state.iteration += 1
+                if not ok:
+                    consecutive_bad += 1
+                    state.nonfinite_total += 1
+                    if consecutive_bad >= cfg.max_nonfinite:
+                        raise TrainingError(f"{consecutive_bad} non-finite losses in a row "
+                                            f"({self.task.describe_batch(targets)}); "
+                                            f"stopping; the last good checkpoint is {self.run_dir / 'last.pt'}")
+                else:
+                    consecutive_bad = 0
+                    self._after_step(losses, len(targets))
+                if self.plan.done(state.global_step, state.elapsed_seconds, state.epoch):
+                    self._save("last.pt")
+                    return state.iteration >= self.plan.iters_per_epoch
+                self._beat("waiting for data")
         return True
 
     def _step(self, images: Any, targets: list[dict[str, Any]]) -> tuple[dict[str, float], bool]:

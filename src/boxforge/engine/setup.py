@@ -235,6 +235,11 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, device: torch.device, run_dir:
             check_index_task(task, index, what)
     model = build_model(cfg, train_index.classes, resume, log, fitted_anchors(cfg, train_index, resume, log),
                         input_size(cfg, train_index, task, log) if resume is None else None)
+    if resume is None:
+        from boxforge.engine.plan import describe
+
+        for line in describe(cfg, chosen, int(model.img_size), None).lines():
+            log.print(line)
     sizes = train_sizes(cfg.multi_scale, model, cfg.seed)
     if sizes is not None:
         log.print(describe_sizes(sizes, int(model.img_size), cfg.multi_scale))

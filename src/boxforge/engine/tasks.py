@@ -29,7 +29,7 @@ from boxforge.data.index import DatasetIndex
 from boxforge.data.loading import ClassificationDataset, DetectionDataset, detection_collate
 from boxforge.data.transforms import classification_transforms, detection_transforms
 from boxforge.errors import BoxforgeError
-from boxforge.evaluation import BEST_METRIC
+from boxforge.evaluation import BEST_METRIC, DETECT_BEST
 
 TASKS: tuple[str, ...] = ("detect", "classify")
 
@@ -92,6 +92,7 @@ class DetectTask:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
+        self.best_key, self.best_label = DETECT_BEST[cfg.best_metric]
 
     def train_dataset(self, index: DatasetIndex, img_size: int) -> Dataset:
         from boxforge.data.cache import attach_cache
@@ -145,6 +146,9 @@ class ClassifyTask:
         if cfg.freeze:
             raise BoxforgeError(f"--freeze {cfg.freeze} is for detectors; to fine-tune only a classifier's last "
                                 "layer, train it with a small --lr instead")
+        if cfg.best_metric != "voc12":
+            raise BoxforgeError(f"--best-metric {cfg.best_metric} is for detectors; a classifier's best.pt is chosen "
+                                "by Acc@1")
         if cfg.multi_scale:
             raise BoxforgeError("--multi-scale is for detectors; a classifier already sees objects at many scales "
                                 "through RandomResizedCrop (--crop-scale sets the smallest area it keeps)")

@@ -18,23 +18,30 @@ from boxforge.evaluation.predictions import (FlatPredictions, ImagePredictions, 
 from boxforge.evaluation.table import format_table
 from boxforge.evaluation.voc import VOC_METRICS, evaluate_voc
 
-__all__ = ["BEST_METRIC", "METRICS", "mean_matched_iou", "summary_metrics", "FlatPredictions", "ImagePredictions", "Predictions", "PredictionsError", "evaluate_coco",
-           "evaluate_detections", "evaluate_voc", "format_table", "load_predictions", "save_predictions",
-           "summary_lines"]
+__all__ = ["BEST_METRIC", "DETECT_BEST", "METRICS", "mean_matched_iou", "summary_metrics", "FlatPredictions",
+           "ImagePredictions", "Predictions", "PredictionsError", "evaluate_coco", "evaluate_detections",
+           "evaluate_voc", "format_table", "load_predictions", "save_predictions", "summary_lines"]
 
 METRICS: tuple[str, ...] = ("voc07", "voc12", "coco")
 # The metric that chooses a run's best.pt, per task, and how logs name it (higher is better): training
 # (engine/tasks.py) and `eval --weights A B ...` (inference/compare.py) choose by the same one.
 BEST_METRIC: dict[str, tuple[str, str]] = {"detect": ("voc12_map", "VOC12 mAP"), "classify": ("acc1", "Acc@1")}
+# `train --best-metric`: what may choose a detector's best.pt. voc12 rewards loose boxes; fitness is Ultralytics'
+# 0.1 AP50 + 0.9 AP, which weights the tight COCO metric.
+DETECT_BEST: dict[str, tuple[str, str]] = {"voc12": BEST_METRIC["detect"], "coco": ("coco_AP", "COCO AP"),
+                                           "fitness": ("fitness", "fitness (0.1 AP50 + 0.9 AP)")}
+FITNESS_WEIGHTS = {"coco_AP50": 0.1, "coco_AP": 0.9}
 
 
 def summary_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """The flat numbers of metrics.jsonl (`voc07_map`, `voc12_map`, `coco_AP`, `coco_AP50`, `coco_AP75`) from
-    `evaluate_detections` results; NaN for a metric not computed."""
+    """The flat numbers of metrics.jsonl (`voc07_map`, `voc12_map`, `coco_AP`, `coco_AP50`, `coco_AP75`, `fitness`)
+    from `evaluate_detections` results; NaN for a metric not computed."""
     coco = results.get("coco", {})
     out = {"voc07_map": results.get("voc07", {}).get("map"), "voc12_map": results.get("voc12", {}).get("map")}
     out.update({f"coco_{key}": coco.get(key) for key in ("AP", "AP50", "AP75")})
-    return {k: float(v) if v is not None else math.nan for k, v in out.items()}
+    flat = {k: float(v) if v is not None else math.nan for k, v in out.items()}
+    flat["fitness"] = sum(w * flat[k] for k, w in FITNESS_WEIGHTS.items())
+    return flat
 
 
 def evaluate_detections(index: DatasetIndex, preds: Predictions, metrics: Sequence[str] = METRICS,

@@ -10,8 +10,6 @@ cannot be read is reported in its result's `error` and skipped, never fatal, nev
 from __future__ import annotations
 
 import os
-import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,9 @@ from boxforge.data.transforms import classification_transforms, detection_transf
 from boxforge.errors import BoxforgeError, ImageReadError, UnsafeInputError
 from boxforge.evaluation.predictions import Predictions
 from boxforge.inference.backends import Backend
+from boxforge.progress import Progress, progress as show_progress
 
+LINES_FROM = 50  # as plain lines, a run of fewer images shows no progress (tests and small sets stay quiet)
 READ_ERRORS = (OSError, ImageReadError, UnsafeInputError, RuntimeError, ValueError)  # decoders raise many types
 
 
@@ -131,11 +131,11 @@ class ImageResult:
 
 
 def iter_detections(backend: Backend, source: ImageSource, *, batch_size: int = 8, workers: int = 0,
-                    keep_pixels: bool = False, progress: Callable[[int, int, float], None] | None = None
+                    keep_pixels: bool = False, progress: Callable[[int], Any] | None = None
                     ) -> Iterator[ImageResult]:
-    """One ImageResult per image of `source`, in order. progress(done, total, seconds) after each batch."""
+    """One ImageResult per image of `source`, in order. progress(n) after each batch of n images
+    (`Progress.update` of boxforge/progress.py)."""
     size = backend.img_size
-    start, done = time.perf_counter(), 0
     for batch in iter_batches(source, detection_input(size), batch_size=batch_size, workers=workers,
                               keep_pixels=keep_pixels):
         good = [entry for entry in batch if entry[1] is not None]
@@ -150,13 +150,12 @@ def iter_detections(backend: Backend, source: ImageSource, *, batch_size: int = 
             scale = np.array([width / size, height / size] * 2)
             yield ImageResult(image_id, path, height, width, boxes.astype(np.float64) * scale,
                               scores.astype(np.float64), labels.astype(np.int64), pixels)
-        done += len(batch)
         if progress is not None:
-            progress(done, len(source), time.perf_counter() - start)
+            progress(len(batch))
 
 
 def predict_index(backend: Backend, index: DatasetIndex, *, batch_size: int = 8, workers: int = 0,
-                  progress: Callable[[int, int, float], None] | None = None) -> tuple[Predictions, list[str]]:
+                  progress: Callable[[int], Any] | None = None) -> tuple[Predictions, list[str]]:
     """(detections of every readable image of `index` in its own pixels, why each other image was skipped).
 
     Labels are the backend's; every readable image is in the Predictions, with or without detections.
@@ -181,17 +180,7 @@ def iter_probabilities(backend: Backend, source: ImageSource, *, batch_size: int
         yield [entry[0] for entry in good], probs, [(entry[0], entry[3]) for entry in batch if entry[3]]
 
 
-class Progress:
-    """A `progress` callback printing `done/total images, img/s` to stderr at most every `every` seconds."""
-
-    def __init__(self, label: str, every: float = 5.0, minimum: int = 50, stream: Any = None) -> None:
-        self.label, self.every, self.minimum = label, every, minimum
-        self.stream = stream
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int, seconds: float) -> None:
-        if total < self.minimum or (seconds - self.last < self.every and done < total):
-            return
-        self.last = seconds
-        rate = done / seconds if seconds > 0 else float("nan")
-        print(f"{self.label}: {done}/{total} images, {rate:.1f} img/s", file=self.stream or sys.stderr, flush=True)
+def image_progress(total: int, label: str, *, enabled: bool = True) -> Progress:
+    """The progress of `eval` / `predict` over `total` images, on stderr: a bar on a terminal, else
+    `label: done/total images, rate img/s` every few seconds and at the end (from LINES_FROM images)."""
+    return show_progress(total, label=label, unit="images", minimum=LINES_FROM, enabled=enabled)

@@ -1,6 +1,8 @@
 """`eval` and `predict` for classifiers: Acc@1/Acc@5 on a dataset, top-k on image files.
 
-Eval prints progress lines in the torchvision references' format,
+Eval shows its progress through boxforge/progress.py: on a terminal a bar over the batches (running
+loss, acc1, acc5 beside it); otherwise, every `print_every` batches and at the last, a line in the
+torchvision references' format,
 `Test: [ 100/1563] eta: 0:01:49 loss 1.1036 (0.8832) acc1 65.6 (77.3) acc5 90.6 (93.0) time 0.0459 data
 0.0055 max mem 966` (last batch, then running average in brackets; seconds per batch; MB), and a final
 ` * Acc@1 71.878 Acc@5 90.286`. The model's classes are matched to the dataset's by name, so a model
@@ -27,9 +29,10 @@ from boxforge.errors import BoxforgeError
 from boxforge.evaluation.predictions import class_mapping
 from boxforge.evaluation.topk import TopKMeter
 from boxforge.files import write_json
-from boxforge.inference.batches import ImageSource, iter_probabilities
+from boxforge.inference.batches import ImageSource, image_progress, iter_probabilities
 from boxforge.inference.load import LoadedModel
 from boxforge.inference.sources import resolve_sources
+from boxforge.progress import progress as show_progress
 
 def _max_mem_mb(device: torch.device) -> int:
     if device.type == "cuda":
@@ -93,8 +96,8 @@ def _label_map(index: DatasetIndex, classes: list[str], weights: str | Path, not
     return mapping
 
 
-def _progress(i: int, total: int, last: dict[str, float], meter: TopKMeter, batch_s: float, data_s: float,
-              elapsed: float, device: torch.device) -> str:
+def _test_line(i: int, total: int, last: dict[str, float], meter: TopKMeter, batch_s: float, data_s: float,
+               elapsed: float, device: torch.device) -> str:
     eta = datetime.timedelta(seconds=int(elapsed / i * (total - i)))
     width = len(str(total))
     return (f"Test: [{i:{width}d}/{total}] eta: {eta} loss {last['loss']:.4f} ({meter.loss:.4f}) "
@@ -133,15 +136,17 @@ def evaluate_classifier(data: str | Path | Sequence[str | Path] | DatasetIndex, 
     tick = began = time.perf_counter()
     dev = getattr(backend, "device", torch.device("cpu"))
     batches = iter_probabilities(backend, source, batch_size=batch_size, workers=workers)
-    for i, (good, probs, errors) in enumerate(batches, start=1):
-        loaded = time.perf_counter()
-        report.skipped.extend(e for _, e in errors)
-        last = meter.update(probs, labels[good]) if probs is not None else meter.last
-        now = time.perf_counter()
-        if progress and last and (i % print_every == 0 or i == total):
-            print(_progress(i, total, last, meter, now - tick, loaded - tick, now - began, dev), file=stream,
-                  flush=True)
-        tick = now
+    with show_progress(total, label="Test", unit="batches", stream=stream, every=None, enabled=progress) as shown:
+        for i, (good, probs, errors) in enumerate(batches, start=1):
+            loaded = time.perf_counter()
+            report.skipped.extend(e for _, e in errors)
+            last = meter.update(probs, labels[good]) if probs is not None else meter.last
+            now = time.perf_counter()
+            line = (_test_line(i, total, last, meter, now - tick, loaded - tick, now - began, dev)
+                    if last and (i % print_every == 0 or i == total) else None)
+            running = {"loss": f"{meter.loss:.4f}", "acc1": f"{meter.acc1:.1f}", "acc5": f"{meter.acc5:.1f}"}
+            shown.update(1, line=line, **(running if last else {}))
+            tick = now
     if progress:
         print(f" * Acc@1 {meter.acc1:.3f} Acc@5 {meter.acc5:.3f}", file=stream, flush=True)
     if report.skipped:
@@ -178,11 +183,12 @@ class ClassifyPredictReport:
 
 def predict_classes(model: LoadedModel, sources: Sequence[str | Path], *, out: str | Path = "runs/predict",
                     top_k: int = 5, json_path: str | Path | None = None, batch_size: int = 32, workers: int = 0,
-                    img_size: int | None = None) -> ClassifyPredictReport:
+                    img_size: int | None = None, progress: bool = True) -> ClassifyPredictReport:
     """Top-k classes with probabilities for every image SOURCES name; written to OUT/predictions.json as
     {"task": "classify", "classes", "top_k", "predictions": [{"image", "path", "top": [{"label", "score"}]}]}.
 
-    img_size: the centre-crop size `model` was opened at, when --img-size chose it (named in a note)."""
+    img_size: the centre-crop size `model` was opened at, when --img-size chose it (named in a note).
+    progress: show it on stderr (a bar on a terminal; plain lines from 50 images), as detection predict does."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise BoxforgeError(f"--top-k {top_k!r}: allowed an integer >= 1")
     out = Path(out)
@@ -196,17 +202,20 @@ def predict_classes(model: LoadedModel, sources: Sequence[str | Path], *, out: s
         report.notes.append(f"centre crop {backend.img_size} px (--img-size)")
     entries: list[dict[str, Any]] = []
     start = time.perf_counter()
-    for good, probs, errors in iter_probabilities(backend, ImageSource.files(items), batch_size=batch_size,
-                                                  workers=workers):
-        report.skipped.extend((items[i][1], e) for i, e in errors)
-        if probs is None:
-            continue
-        scores, labels = probs.topk(k, dim=1)
-        for row, i in enumerate(good):
-            top = [{"label": classes[int(c)], "score": round(float(s), 6)} for s, c in zip(scores[row], labels[row])]
-            entries.append({"image": items[i][0], "path": str(items[i][1]), "top": top})
-            report.counts[top[0]["label"]] += 1
-            report.images += 1
+    batches = iter_probabilities(backend, ImageSource.files(items), batch_size=batch_size, workers=workers)
+    with image_progress(len(items), "predict", enabled=progress) as shown:
+        for good, probs, errors in batches:
+            shown.update(len(good) + len(errors))
+            report.skipped.extend((items[i][1], e) for i, e in errors)
+            if probs is None:
+                continue
+            scores, labels = probs.topk(k, dim=1)
+            for row, i in enumerate(good):
+                top = [{"label": classes[int(c)], "score": round(float(s), 6)}
+                       for s, c in zip(scores[row], labels[row])]
+                entries.append({"image": items[i][0], "path": str(items[i][1]), "top": top})
+                report.counts[top[0]["label"]] += 1
+                report.images += 1
     report.seconds = time.perf_counter() - start
     report.predictions_file = write_json(Path(json_path) if json_path else out / "predictions.json",
                                          {"task": "classify", "classes": classes, "top_k": k,

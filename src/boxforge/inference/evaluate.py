@@ -27,7 +27,7 @@ from boxforge.evaluation import METRICS, Predictions, evaluate_detections, load_
 from boxforge.evaluation.errors import analyse_errors
 from boxforge.evaluation.predictions import class_mapping
 from boxforge.inference.backends import Backend
-from boxforge.inference.batches import Progress, predict_index
+from boxforge.inference.batches import image_progress, predict_index
 from boxforge.inference.load import LoadedModel
 
 # Benchmark convention for mAP: keep low-score detections (they still add recall), at most 100 an image.
@@ -126,8 +126,9 @@ def model_predictions(index: DatasetIndex, backend: Backend, *, batch_size: int 
     missing = [c for c in index.classes if c not in model_classes]
     if missing:
         notes.append(f"the dataset's classes {', '.join(missing)} are unknown to the model (AP 0)")
-    found, skipped = predict_index(backend, index, batch_size=batch_size, workers=workers,
-                                   progress=Progress("eval") if progress else None)
+    with image_progress(len(index), "eval", enabled=progress) as shown:
+        found, skipped = predict_index(backend, index, batch_size=batch_size, workers=workers,
+                                       progress=shown.update)
     preds = Predictions(list(index.classes))
     for image_id, p in found.images.items():
         labels = mapping[p.labels]

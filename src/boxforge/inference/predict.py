@@ -21,7 +21,7 @@ import numpy as np
 
 from boxforge.evaluation.predictions import Predictions, save_predictions
 from boxforge.files import write_json
-from boxforge.inference.batches import ImageResult, ImageSource, Progress, iter_detections
+from boxforge.inference.batches import ImageResult, ImageSource, image_progress, iter_detections
 from boxforge.inference.load import LoadedModel
 from boxforge.inference.sources import resolve_sources
 from boxforge.plots.draw import draw_detections
@@ -114,26 +114,27 @@ def predict_detections(loaded: LoadedModel, sources: Sequence[str | Path], *, ou
     images: list[dict[str, Any]] = []
     per_class: list[list[dict[str, Any]]] = [[] for _ in classes]
     start = time.perf_counter()
-    results = iter_detections(backend, ImageSource.files(items), batch_size=batch_size, workers=workers,
-                              keep_pixels=draw, progress=Progress("predict") if progress else None)
-    for result in results:
-        if result.error:
-            report.skipped.append((result.path, result.error))
-            continue
-        report.images += 1
-        images.append({"image": result.image_id, "path": str(result.path), "width": result.width,
-                       "height": result.height})
-        boxes, scores = np.round(result.boxes, 3), np.round(result.scores, 6)  # 0.001 px: plenty, and short
-        if len(boxes):
-            found.add(result.image_id, boxes, scores, result.labels)
-        for label in result.labels.tolist():
-            report.counts[classes[label]] += 1
-        for c in np.unique(result.labels).tolist():
-            keep = result.labels == c
-            per_class[c].append({**images[-1], "boxes": boxes[keep].tolist(), "scores": scores[keep].tolist()})
-        if draw:
-            _save_drawn(out, result, classes)
-            report.drawn += 1
+    with image_progress(len(items), "predict", enabled=progress) as shown:
+        results = iter_detections(backend, ImageSource.files(items), batch_size=batch_size, workers=workers,
+                                  keep_pixels=draw, progress=shown.update)
+        for result in results:
+            if result.error:
+                report.skipped.append((result.path, result.error))
+                continue
+            report.images += 1
+            images.append({"image": result.image_id, "path": str(result.path), "width": result.width,
+                           "height": result.height})
+            boxes, scores = np.round(result.boxes, 3), np.round(result.scores, 6)  # 0.001 px: plenty, and short
+            if len(boxes):
+                found.add(result.image_id, boxes, scores, result.labels)
+            for label in result.labels.tolist():
+                report.counts[classes[label]] += 1
+            for c in np.unique(result.labels).tolist():
+                keep = result.labels == c
+                per_class[c].append({**images[-1], "boxes": boxes[keep].tolist(), "scores": scores[keep].tolist()})
+            if draw:
+                _save_drawn(out, result, classes)
+                report.drawn += 1
     report.seconds = time.perf_counter() - start
     report.predictions_file = save_predictions(found, classes, Path(json_path) if json_path else
                                                out / "predictions.json", images=images,

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 import torch
 from torchvision.models import WeightsEnum
 
+from boxforge.checkpoint import UNREADABLE_TORCH_FILE
 from boxforge.errors import BoxforgeError
 
 StateDict = dict[str, torch.Tensor]
@@ -98,7 +99,7 @@ def load_state_dict_file(path: Path) -> StateDict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise BoxforgeError(_refusal(path, str(exc))) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except UNREADABLE_TORCH_FILE as exc:
         raise BoxforgeError(f"{path}: cannot read weights: {type(exc).__name__}: {str(exc)[:200]}") from None
     return _extract_state_dict(obj, path)
 

@@ -18,10 +18,12 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from boxforge.errors import BoxforgeError
+from boxforge.evaluation import BEST_METRIC, DETECT_BEST
 from boxforge.plots.common import PlotReport, in_range, maybe_log_y, new_figure, running_mean, save, write_csv
 
 VAL_METRICS = ("voc07_map", "voc12_map", "coco_AP", "coco_AP50", "coco_AP75")
-BEST_KEY = "voc12_map"  # what fit() keeps best.pt by
+BEST_KEY = BEST_METRIC["detect"][0]  # what fit() keeps best.pt by, unless the run's --best-metric says otherwise
+EXTRA_VAL = ("fitness", "mean_iou")  # logged too, not drawn as mAP curves
 TRAIN_CSV, VAL_CSV = "train.csv", "val.csv"
 LOSS_PNG, LR_PNG, VAL_PNG = "loss.png", "lr_throughput.png", "validation.png"
 REASONS = {
@@ -38,7 +40,8 @@ class RunSeries:
     """Columns of the train and val records: name -> (N,) float64 (NaN where a record lacks the key).
 
     components: loss component keys in order of appearance (`loss_bbox_regression`, ...).
-    best: row of `val` holding the best checkpoint (highest finite voc12_map, earliest on ties), or None.
+    best: row of `val` holding the best checkpoint (highest finite `best_key`, earliest on ties), or None.
+    best_key: the metric that chose best.pt (the run's --best-metric; VOC12 mAP by default).
     """
 
     train: dict[str, np.ndarray]
@@ -47,6 +50,7 @@ class RunSeries:
     best: int | None
     lines: int
     skipped: Counter = field(default_factory=Counter)
+    best_key: str = BEST_KEY
 
 
 def _append(rows: list[dict[str, Any]], row: dict[str, Any], skipped: Counter) -> None:
@@ -78,6 +82,18 @@ def best_index(voc12: np.ndarray) -> int | None:
     return int(finite[np.argmax(v[finite])])
 
 
+def _best_key(metrics: Path) -> str:
+    """The metric the run chose best.pt by: its config.yaml's best_metric (default VOC12 mAP)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((Path(metrics).parent / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    choice = config.get("best_metric", "voc12") if isinstance(config, dict) else "voc12"
+    return DETECT_BEST.get(choice, DETECT_BEST["voc12"])[0]
+
+
 def read_metrics(path: Path, *, from_step: int | None = None, to_step: int | None = None) -> RunSeries:
     """Read metrics.jsonl line by line; bad lines are counted by reason, never fatal."""
     train: list[dict[str, Any]] = []
@@ -103,8 +119,9 @@ def read_metrics(path: Path, *, from_step: int | None = None, to_step: int | Non
                 skipped["no_step"] += 1
             else:
                 _append(train if kind == "train" else val, rec, skipped)
-    val_cols = _columns(val, ("step", "epoch") + VAL_METRICS + ("mean_iou",))
-    best = best_index(val_cols[BEST_KEY])
+    val_cols = _columns(val, ("step", "epoch") + VAL_METRICS + EXTRA_VAL)
+    best_key = _best_key(path)
+    best = best_index(val_cols[best_key])
     keep_train = [in_range(r["step"], from_step, to_step) for r in train]
     keep_val = np.array([in_range(s, from_step, to_step) for s in val_cols["step"]], dtype=bool)
     skipped["out_of_range"] += keep_train.count(False) + int((~keep_val).sum())
@@ -115,7 +132,7 @@ def read_metrics(path: Path, *, from_step: int | None = None, to_step: int | Non
     components = [k for k in train_cols if k.startswith("loss_") and k != "loss_avg"]
     val_cols = {k: v[keep_val] for k, v in val_cols.items()}
     skipped = Counter({k: v for k, v in skipped.items() if v})
-    return RunSeries(train_cols, val_cols, components, best, lines, skipped)
+    return RunSeries(train_cols, val_cols, components, best, lines, skipped, best_key)
 
 
 def steps_per_epoch(train: dict[str, np.ndarray]) -> float | None:
@@ -210,9 +227,9 @@ def val_figure(series: RunSeries, title: str) -> Figure:
     ax2.set_xlabel("step")
     if series.best is not None:
         b = series.best
-        best = series.val[BEST_KEY][b]
+        best = series.val[series.best_key][b]
         ax.plot([step[b]], [best], marker="*", markersize=18, color="gold", markeredgecolor="black",
-                linestyle="none", label=f"best.pt: {BEST_KEY} {best:.4f} @ step {step[b]:.0f}", zorder=5)
+                linestyle="none", label=f"best.pt: {series.best_key} {best:.4f} @ step {step[b]:.0f}", zorder=5)
         ax.annotate(f"best.pt {best:.4f}", (step[b], best), textcoords="offset points", xytext=(10, -16))
     _mark_best([ax2], series)
     for a in (ax, ax2):
@@ -258,5 +275,5 @@ def plot_run(metrics: Path, out: Path, *, smooth: int, from_step: int | None, to
     if series.best is not None:
         b = series.best
         report.notes.append(f"best checkpoint (best.pt): step {series.val['step'][b]:.0f}, epoch "
-                            f"{series.val['epoch'][b]:.0f}, {BEST_KEY} {series.val[BEST_KEY][b]:.4f}")
+                            f"{series.val['epoch'][b]:.0f}, {series.best_key} {series.val[series.best_key][b]:.4f}")
     return report

@@ -12,7 +12,8 @@ Train: each per-class `TRAIN/<wnid>.tar` is unpacked into `TRAIN/<wnid>/` (throu
 "data" filter: no member may leave the folder, links and devices are refused. The tars stay.
 
 Both trees get CLASS_MAP, `{wnid: [class names]}`, beside the class folders. Idempotent: a second
-run finds everything in place, changes nothing and says so.
+run finds everything in place, changes nothing and says so. The moves and the unpacking show their
+progress on stderr (boxforge/progress.py: a bar on a terminal, else a line every few seconds).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from boxforge.errors import BoxforgeError
 from boxforge.prepare.devkit import Devkit, read_devkit
 from boxforge.files import atomic_write
+from boxforge.progress import progress
 
 VAL_NAME = "ILSVRC2012_val_{:08d}.JPEG"
 MANIFEST = "boxforge-prepare-manifest.json"
@@ -123,8 +125,9 @@ def _prepare_val(kit: Devkit, val_dir: Path, report: PrepareReport) -> None:
         atomic_write(manifest, json.dumps({"version": 1, "kind": "imagenet-val", "moves": entries}, indent=0))
         for wnid in sorted({w for _, w in moves}):
             (val_dir / wnid).mkdir(exist_ok=True)
-        for name, wnid in moves:
-            os.rename(val_dir / name, val_dir / wnid / name)  # same folder tree: an atomic rename
+        with progress(len(moves), label="prepare: validation", unit="images") as shown:
+            for name, wnid in shown.iterate(moves):
+                os.rename(val_dir / name, val_dir / wnid / name)  # same folder tree: an atomic rename
         report.val_moved = len(moves)
     _write_class_map(kit, val_dir, report)
 
@@ -138,24 +141,28 @@ def _prepare_train(kit: Devkit, train_dir: Path, report: PrepareReport) -> None:
                             f"(e.g. {strangers[0]}); expected <wnid>.tar; nothing was unpacked")
     if not tars and not any((train_dir / w).is_dir() for w in kit.wnids):
         raise BoxforgeError(f"{train_dir}: no <wnid>.tar class archives and no class folders")
-    for tar_path in tars:
-        target = train_dir / tar_path.stem
-        if target.is_dir():
-            report.train_in_place += 1
-            continue
-        partial = train_dir / f".{tar_path.stem}.partial"
-        if partial.exists():
-            shutil.rmtree(partial)  # our own leftover from an interrupted run
-        partial.mkdir()
-        try:
-            with tarfile.open(tar_path, "r:*") as tar:
-                tar.extractall(partial, filter="data")
-        except (tarfile.TarError, OSError) as exc:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise BoxforgeError(f"{tar_path}: cannot unpack safely: {exc}") from exc
-        os.rename(partial, target)
-        report.train_unpacked += 1
+    todo = [p for p in tars if not (train_dir / p.stem).is_dir()]
+    report.train_in_place += len(tars) - len(todo)
+    with progress(len(todo), label="prepare: train", unit="archives") as shown:
+        for tar_path in shown.iterate(todo):
+            _unpack(tar_path, train_dir / tar_path.stem)
+            report.train_unpacked += 1
     _write_class_map(kit, train_dir, report)
+
+
+def _unpack(tar_path: Path, target: Path) -> None:
+    """tar_path into the new folder `target`, through a hidden `.<name>.partial` renamed at the end."""
+    partial = target.parent / f".{target.name}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)  # our own leftover from an interrupted run
+    partial.mkdir()
+    try:
+        with tarfile.open(tar_path, "r:*") as tar:
+            tar.extractall(partial, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise BoxforgeError(f"{tar_path}: cannot unpack safely: {exc}") from exc
+    os.rename(partial, target)
 
 
 def _read_manifest(path: Path) -> dict:

@@ -253,8 +253,11 @@ def _sample(root: Path, image_id: str, image_path: Path, label_path: Path, num_c
         return sample
     arr = np.array([r[1:] for r in rows], dtype=np.float64)
     w, h = sample.width, sample.height
-    cx, cy, bw, bh = arr[:, 0] * w, arr[:, 1] * h, arr[:, 2] * w, arr[:, 3] * h
-    sample.boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+    # A huge or infinite number in a label file becomes inf or NaN here, which the index reports as a
+    # nan_box problem naming the file; numpy's overflow/invalid RuntimeWarning would only repeat that, unnamed.
+    with np.errstate(over="ignore", invalid="ignore"):
+        cx, cy, bw, bh = arr[:, 0] * w, arr[:, 1] * h, arr[:, 2] * w, arr[:, 3] * h
+        sample.boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
     sample.labels = np.array([r[0] for r in rows], dtype=np.int64)
     sample.__post_init__()
     return sample
