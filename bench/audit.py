@@ -19,6 +19,12 @@ random order, and what users do by hand today, the images with the highest train
 under its own fold model, with the planted labels), where reviewing an image finds every mistake in it: at N and
 2N images (a generous measure: an image holds several boxes), and at as many images as the audit's top N and
 2N suggestions touch (the same review effort in images).
+
+Scoring rules compared at the image level, on the same out-of-fold predictions and the same review effort
+(as many images as the audit's top N and 2N suggestions touch): the audit's own per-image score
+(`issues.json` "images"), cleanlab's object-detection label quality score
+(`cleanlab.object_detection.rank.get_label_quality_scores`, lowest first; a benchmark-only package, not a
+dependency of boxforge), and the highest training loss.
 """
 
 from __future__ import annotations
@@ -174,6 +180,45 @@ def image_loss_ranking(index: Any, audit_dir: Path, folds: np.ndarray) -> list[s
     return sorted(losses, key=lambda image: -losses[image])
 
 
+def oof_predictions(index: Any, audit_dir: Path) -> Any:
+    """The audit's own out-of-fold predictions, every fold's file merged (labels index `index.classes`)."""
+    from boxforge.evaluation.predictions import Predictions, load_predictions
+
+    merged = Predictions(list(index.classes))
+    for path in sorted((audit_dir / "folds").glob("fold-*/predictions.json")):
+        for image_id, p in load_predictions(path, index).images.items():
+            merged.add(image_id, p.boxes, p.scores, p.labels)
+    return merged
+
+
+def cleanlab_ranking(index: Any, preds: Any) -> list[str] | str:
+    """Images by cleanlab's object-detection label quality (lowest first), from the same out-of-fold
+    predictions as the audit; or why it could not run (cleanlab is a benchmark-only package)."""
+    try:
+        from cleanlab.object_detection.rank import get_label_quality_scores
+    except ImportError as exc:
+        return f"not run: {exc} (pip install cleanlab)"
+    labels, predictions = [], []
+    for s in index.samples:
+        labels.append({"bboxes": np.asarray(s.boxes, float).reshape(-1, 4), "labels": np.asarray(s.labels, int)})
+        p = preds.images.get(s.image_id)
+        per_class = []
+        for c in range(len(index.classes)):
+            if p is None or not len(p):
+                per_class.append(np.zeros((0, 5), np.float32))
+                continue
+            keep = p.labels == c
+            per_class.append(np.concatenate([p.boxes[keep], p.scores[keep, None]], axis=1).astype(np.float32))
+        predictions.append(per_class)
+    quality = get_label_quality_scores(labels, predictions)
+    return [index.samples[i].image_id for i in np.argsort(quality, kind="stable")]
+
+
+def image_review(ranking: list[str], planted: list[dict[str, Any]], efforts: dict[str, int]) -> dict[str, Any]:
+    """Recall when a person reviews the first images of `ranking` and finds every mistake in them."""
+    return {label: float(np.mean([m["image"] in set(ranking[:top]) for m in planted])) for label, top in efforts.items()}
+
+
 def run_set(name: str, minutes: float, seed: int, tmp: Path) -> dict[str, Any]:
     from boxforge.audit.folds import plan_folds
     from boxforge.data.convert import convert
@@ -189,7 +234,8 @@ def run_set(name: str, minutes: float, seed: int, tmp: Path) -> dict[str, Any]:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd[2:])} failed:\n{proc.stderr[-3000:]}")
-    issues = json.loads((out / "issues.json").read_text())["issues"]
+    written = json.loads((out / "issues.json").read_text())
+    issues = written["issues"]
     rng = np.random.default_rng(seed)
     shuffled = [issues[i] for i in rng.permutation(len(issues))]
     audited = load_dataset(data)
@@ -202,11 +248,21 @@ def run_set(name: str, minutes: float, seed: int, tmp: Path) -> dict[str, Any]:
         touched = len({i["image"] for i in issues[:top]})  # the review effort of the audit's top suggestions
         loss_hits[label] = float(np.mean([m["image"] in set(by_loss[:touched]) for m in planted]))
         loss_hits[f"{label}_images"] = touched
+    # Image-level rules on the same out-of-fold predictions and the same review effort (images looked at):
+    # the audit's per-image score against cleanlab's label quality score (the library the issue names).
+    efforts = {f"at_{loss_hits['same_images_as_top_n_images']}_images": loss_hits["same_images_as_top_n_images"],
+               f"at_{loss_hits['same_images_as_top_2n_images']}_images": loss_hits["same_images_as_top_2n_images"]}
+    by_audit = [entry["image"] for entry in written["images"]]
+    by_cleanlab = cleanlab_ranking(audited, oof_predictions(audited, out))
+    images_compared = {"audit_image_score": image_review(by_audit, planted, efforts),
+                       "cleanlab_label_quality": (image_review(by_cleanlab, planted, efforts)
+                                                  if isinstance(by_cleanlab, list) else by_cleanlab),
+                       "highest_loss": image_review(by_loss, planted, efforts)}
     counts = {k: sum(m["kind"] == k for m in planted) for k in RATES}
     return {"images": len(index), "objects": index.num_objects, "classes": len(index.classes), "planted": counts,
             "planted_total": n, "suggestions": len(issues), "minutes": minutes,
             "audit": scores(issues, planted), "random_order": scores(shuffled, planted),
-            "image_loss_baseline": loss_hits, "plan": json.loads((out / "issues.json").read_text())["plan"]}
+            "image_loss_baseline": loss_hits, "images_reviewed": images_compared, "plan": written["plan"]}
 
 
 def main() -> None:
@@ -231,7 +287,10 @@ def main() -> None:
                          f"{b['same_images_as_top_n']:.2f} / {b['same_images_as_top_2n']:.2f})"))
             rows.append((f"{name}: recall@2N per kind", ", ".join(f"{k} {v:.2f}" for k, v in
                                                                  a["recall_at_2n_per_kind"].items())))
-            print(rows[-2], rows[-1], flush=True)
+            rows.append((f"{name}: images reviewed in score order, recall",
+                         "; ".join(f"{rule} " + (", ".join(f"{k} {v:.2f}" for k, v in r.items()) if isinstance(r, dict)
+                                                 else r) for rule, r in result["images_reviewed"].items())))
+            print(*rows[-3:], sep="\n", flush=True)
     write("audit-quick" if args.quick else "audit", doc, rows)
 
 
