@@ -181,7 +181,8 @@ def decode_rows(doc: dict[str, Any]) -> list[Row]:
         d = entry["decoders"]
         ours, ref = d["torchcodec"], d["torchvision.io"]
         same = doc["pixels"][set_name]["decoders"]["torchcodec"]["vs torchvision.io"]["images_differing"] == 0
-        met = same and ours["speed_vs_torchvision_fastest_pass"] >= 0.95  # the fastest passes: least load noise
+        fastest = ref["min_s"] / ours["min_s"]  # the fastest passes: the least load noise
+        met = same and fastest >= 0.95
         rows.append((f"image decoding, {set_name} ({entry['images']} imgs), images/s (TorchCodec)",
                      f"{ours['images_per_s']:.0f}", f"{ref['images_per_s']:.0f} (torchvision.io)",
                      f"{ours['speed_vs_torchvision']:.2f}x", f"same pixels, >= 0.95x: {_met(met)}"))
@@ -211,7 +212,8 @@ def memory_rows(doc: dict[str, Any]) -> list[Row]:
 def table() -> str:
     rows: list[Row] = []
     machines = []
-    for name, fn in (("data_pipeline", data_rows), ("slow_storage", storage_rows), ("decode_speed", decode_rows), ("train_speed", train_rows),
+    for name, fn in (("data_pipeline", data_rows), ("slow_storage", storage_rows), ("decode_speed", decode_rows),
+                     ("train_speed", train_rows),
                      ("thread_split", thread_rows),
                      ("step_speed", step_rows),
                      ("eval_speed", eval_rows),

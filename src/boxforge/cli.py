@@ -223,7 +223,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sync-bn", action="store_true", default=None,
                    help="torchrun: BatchNorm over the whole global batch, so N ranks train as one process")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="float16 on CUDA, bfloat16 on CPU (default: off; yolo_csp: on where the CPU has native bf16)")
+                   help="float16 on CUDA, bfloat16 on CPU (default: off; yolo_csp: on with CUDA or a CPU with AMX, where "
+                   "it pays; AVX512-BF16 alone measured slower than float32)")
     p.add_argument("--mosaic", type=float, metavar="P", help="detectors: probability that a training sample is "
                    "a mosaic of 4 images, before the usual augmentations (default 0: off)")
     p.add_argument("--multi-scale", type=_scale_range, nargs="?", const=True, default=None, metavar="MIN:MAX",

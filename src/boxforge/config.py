@@ -163,21 +163,27 @@ class TrainConfig:
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 # The recipe each model was designed with (its ModelSpec's, models/registry.py), used where neither the
-# command line nor the YAML file says otherwise. "auto" for amp: bfloat16 autocast where the CPU computes
-# it natively (or on CUDA), since emulated bfloat16 is slower than float32; img_size "auto": from the
+# command line nor the YAML file says otherwise. "auto" for amp: bfloat16 autocast on CUDA or a CPU with AMX
+# (fast_autocast), elsewhere float32, which measured faster there; img_size "auto": from the
 # training boxes (models/input_size.py), resolved when the data is loaded.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {name: dict(s.recipe) for name, s in MODELS.items() if s.recipe}
 
 
 def fast_autocast() -> bool:
-    """True where --amp pays: a CUDA device, or a CPU with native bfloat16 (AVX512-BF16 / AMX)."""
+    """True where --amp pays: a CUDA device, or a CPU with AMX (Intel's bfloat16 matrix tiles).
+
+    AVX512-BF16 alone is not enough. bench/step_speed.py on a 2-core Xeon with AVX512-BF16 and no AMX
+    (2026-12-01) measured bf16 autocast at 0.78-0.90x of fp32 for all four detectors (yolo_csp
+    channels-last 17.9 vs 20.6 img/s), where a CPU of this workplace on 2026-11-27 (flags not recorded)
+    measured 1.5-2.2x for the dense models. Without AMX the default stays float32: faster and exact.
+    """
     import torch
 
     if torch.cuda.is_available():
         return True
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # a torch without the probe: float32, never the slow path
         return False
 
 
