@@ -1,6 +1,6 @@
 """Inference speed: PyTorch eager (the Detector, torchvision post-processing) vs onnxruntime (the exported graph).
 
-For ssd_tiny and ssdlite320_mobilenet_v3_large at 320 px (random weights with a random classification
+For ssd_tiny, ssdlite320_mobilenet_v3_large and yolo_csp (the default detector) at 320 px (random weights with a random classification
 bias, so scores vary as in a trained model), batch 1 and batch 8, evaluation post-processing (score
 threshold 0.001, 100 detections per image: the heaviest NMS case). Both sides get the same
 (B, 3, 320, 320) float tensor and the same number of threads; image decoding is not included.
@@ -29,7 +29,7 @@ from boxforge.checkpoint import CHECKPOINT_FORMAT, save_checkpoint  # noqa: E402
 from boxforge.api import export_onnx  # noqa: E402
 from boxforge.models import get_model  # noqa: E402
 
-MODELS = ("ssd_tiny", "ssdlite320_mobilenet_v3_large")
+MODELS = ("ssd_tiny", "ssdlite320_mobilenet_v3_large", "yolo_csp")  # yolo_csp: the default detector
 BATCHES = (1, 8)
 SIZE = 320
 
