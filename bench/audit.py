@@ -219,7 +219,7 @@ def image_review(ranking: list[str], planted: list[dict[str, Any]], efforts: dic
     return {label: float(np.mean([m["image"] in set(ranking[:top]) for m in planted])) for label, top in efforts.items()}
 
 
-def run_set(name: str, minutes: float, seed: int, tmp: Path) -> dict[str, Any]:
+def run_set(name: str, minutes: float, seed: int, tmp: Path, flags: list[str]) -> dict[str, Any]:
     from boxforge.audit.folds import plan_folds
     from boxforge.data.convert import convert
     from boxforge.data.formats.detect import load_dataset
@@ -230,7 +230,7 @@ def run_set(name: str, minutes: float, seed: int, tmp: Path) -> dict[str, Any]:
     convert(bad, data, "voc")
     out = tmp / f"{name}-audit"
     cmd = [sys.executable, "-m", "boxforge", "audit", str(data), "--out", str(out), "--time", str(minutes),
-           "--seed", str(seed)]
+           "--seed", str(seed), *flags]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd[2:])} failed:\n{proc.stderr[-3000:]}")
@@ -259,7 +259,7 @@ def run_set(name: str, minutes: float, seed: int, tmp: Path) -> dict[str, Any]:
                                                   if isinstance(by_cleanlab, list) else by_cleanlab),
                        "highest_loss": image_review(by_loss, planted, efforts)}
     counts = {k: sum(m["kind"] == k for m in planted) for k in RATES}
-    return {"images": len(index), "objects": index.num_objects, "classes": len(index.classes), "planted": counts,
+    return {"flags": flags, "images": len(index), "objects": index.num_objects, "classes": len(index.classes), "planted": counts,
             "planted_total": n, "suggestions": len(issues), "minutes": minutes,
             "audit": scores(issues, planted), "random_order": scores(shuffled, planted),
             "image_loss_baseline": loss_hits, "images_reviewed": images_compared, "plan": written["plan"]}
@@ -271,12 +271,15 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="smoke run: results go to audit-quick.json")
+    ap.add_argument("--flags", default="", help="more `boxforge audit` options for the fold models, one string "
+                    "(e.g. '--model yolo_efficientnet_lite0 --weights-backbone IMAGENET1K')")
+    ap.add_argument("--tag", help="write audit-TAG.json instead of audit.json (a variant beside the default run)")
     args = ap.parse_args()
     doc: dict[str, Any] = {"recipe": {"rates": RATES, "bad_box_iou": [0.3, 0.6], "seed": args.seed}, "sets": {}}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sets:
-            result = run_set(name, args.minutes, args.seed, Path(tmp))
+            result = run_set(name, args.minutes, args.seed, Path(tmp), args.flags.split())
             doc["sets"][name] = result
             a, r, b = result["audit"], result["random_order"], result["image_loss_baseline"]
             rows.append((f"{name}: {result['planted_total']} planted, recall@N / @2N, precision@N",
@@ -291,7 +294,7 @@ def main() -> None:
                          "; ".join(f"{rule} " + (", ".join(f"{k} {v:.2f}" for k, v in r.items()) if isinstance(r, dict)
                                                  else r) for rule, r in result["images_reviewed"].items())))
             print(*rows[-3:], sep="\n", flush=True)
-    write("audit-quick" if args.quick else "audit", doc, rows)
+    write("audit-quick" if args.quick else f"audit-{args.tag}" if args.tag else "audit", doc, rows)
 
 
 if __name__ == "__main__":

@@ -264,18 +264,18 @@ def audit(data: str | Path | list[str | Path], *, out: str | Path, time: float |
           folds: int | None = None, predictions: str | Path | None = None, split: str | None = None,
           format: str | None = None, model: str | None = None, img_size: int | str | None = None,
           batch_size: int | None = None, workers: int | None = None, threads: int | str | None = None,
-          device: str | None = None, seed: int = 0) -> Any:
+          device: str | None = None, seed: int = 0, weights_backbone: str | None = None) -> Any:
     """Suspected label mistakes in DATA (see audit/rank.py), from out-of-fold predictions: K fold models trained
     within `time` minutes (audit/folds.py), or the user's own out-of-fold `predictions` file. Writes
     OUT/issues.json and OUT/review.html (and OUT/folds/ with each fold's run). model, img_size, batch_size,
-    workers, threads, device, seed: the fold models' training settings (default: `train`'s). Returns an
-    AuditReport."""
+    workers, threads, device, seed, weights_backbone (a pretrained backbone: stronger fold models in the same
+    time): the fold models' training settings (default: `train`'s). Returns an AuditReport."""
     from boxforge.audit.run import run_audit
 
     index = load_dataset(data, split=split, format=format)
     name = " ".join(map(str, data)) if isinstance(data, (list, tuple)) else str(data)
     settings = {"model": model, "img_size": img_size, "batch_size": batch_size, "workers": workers,
-                "threads": threads, "device": device, "seed": seed}
+                "threads": threads, "device": device, "seed": seed, "weights_backbone": weights_backbone}
     return run_audit(index, name=name, out=Path(out), time=time, folds=folds, predictions=predictions, seed=seed,
                      settings={k: v for k, v in settings.items() if v is not None})
 

@@ -136,6 +136,8 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=_count_or_auto, metavar="N|auto")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0, help="fold assignment and training seed (default 0)")
+    p.add_argument("--weights-backbone", metavar="NAME|FILE", help="the fold models' pretrained backbone, as for "
+                   "train (e.g. --model yolo_efficientnet_lite0 --weights-backbone IMAGENET1K)")
 
 
 def _run_audit(args: argparse.Namespace) -> int:
@@ -149,7 +151,7 @@ def _run_audit(args: argparse.Namespace) -> int:
     report = api.audit(data, out=args.out, time=args.time, folds=args.folds, predictions=args.predictions,
                        split=args.split, format=args.format, model=args.model, img_size=args.img_size,
                        batch_size=args.batch_size, workers=args.workers, threads=args.threads, device=args.device,
-                       seed=args.seed)
+                       seed=args.seed, weights_backbone=args.weights_backbone)
     print(report.summary())
     return EXIT_OK
 

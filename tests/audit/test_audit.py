@@ -212,3 +212,23 @@ def test_audit_end_to_end_trains_fold_models_and_writes_issues_and_review(root: 
                  "--img-size", "96", "--threads", "2"]) == 0
     assert capsys.readouterr().out.count("not training again") == 2
     assert json.loads((out / "issues.json").read_text())["issues"] == doc["issues"]
+
+
+def test_fold_models_train_with_the_settings_given_to_audit(root: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """--model, --img-size and --weights-backbone reach every fold model's TrainConfig (the first fold stops it)."""
+    import boxforge.engine.fit
+
+    seen = []
+
+    def first_fold(cfg, **_):
+        seen.append(cfg)
+        raise BoxforgeError("stop after the first fold's config")
+
+    monkeypatch.setattr(boxforge.engine.fit, "fit", first_fold)
+    backbone = tmp_path / "backbone.pt"
+    assert main(["audit", str(root), "--out", str(tmp_path / "out"), "--time", "2", "--folds", "2",
+                 "--model", "yolo_efficientnet_lite0", "--img-size", "96", "--weights-backbone", str(backbone)]) != 0
+    cfg = seen[0]
+    assert (cfg.model, cfg.img_size, cfg.weights_backbone) == ("yolo_efficientnet_lite0", 96, str(backbone))
+    assert cfg.time is not None and 0 < cfg.time < 2  # a fold's share of the budget

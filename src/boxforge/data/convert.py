@@ -9,7 +9,6 @@ named in the report. Images are copied, never moved or linked. Progress goes to 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +153,7 @@ def _write_coco(index: DatasetIndex, out: Path, report: ConvertReport, shown: Pr
 def _write_yolo(index: DatasetIndex, out: Path, report: ConvertReport, shown: Progress) -> None:
     for sample in shown.iterate(index.samples):
         clean = _valid(sample, report)
-        rel = _copy_image(sample, out / "images", report)
+        _copy_image(sample, out / "images", report)
         lines = []
         if clean.num_objects and (clean.width <= 0 or clean.height <= 0):
             report.dropped.extend(f"{sample.image_id} object {i + 1} (image size unknown)" for i in range(clean.num_objects))
