@@ -154,7 +154,9 @@ class ExportableDetector(nn.Module):
         flat = (selected[:, 0] * num_classes + selected[:, 1]) * num_anchors + selected[:, 2]
         table = candidates.reshape(-1)
         dense = torch.full_like(table, -1.0).scatter(0, flat, table[flat]).reshape(-1, num_classes * num_anchors)
-        k = int(limit.clamp(1, num_classes * num_anchors).item())
+        # .item() without int(): torch.export's non-strict tracer (the exporter's first, fastest try) keeps
+        # the unbacked symbol; int() would ask it for a concrete value and fall back to the slow strict tracer
+        k = limit.clamp(1, num_classes * num_anchors).item()
         torch._check(k >= 1)
         torch._check(k <= num_classes * num_anchors)
         best, index = dense.topk(k, dim=1)  # (B, K), by score
@@ -168,14 +170,19 @@ class ExportableDetector(nn.Module):
         return det_boxes, det_scores, det_labels, valid.sum(dim=1)
 
 
-class RawOutputs(nn.Module):
-    """`ExportableDetector.raw` as a module of its own (the parity check exports it to compare the network alone).
+class WithRawOutputs(nn.Module):
+    """`ExportableDetector` with the network's outputs as two more outputs, computed once: (boxes, scores,
+    labels, num_detections, raw_boxes (B, A, 4), raw_scores (B, A, C)).
 
+    The export traces this module once; the parity check runs that graph (both steps from one file), and the
+    file written drops the last two outputs (export/onnx.py), so the network is traced and translated once.
     The attribute is not called `graph`: torch.export's GraphModule owns that name."""
 
     def __init__(self, graph: ExportableDetector) -> None:
         super().__init__()
         self.detector = graph
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return self.detector.raw(images)
+    def forward(self, images: Tensor, score_thresh: Tensor, iou_thresh: Tensor,
+                max_det: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        boxes, scores = self.detector.raw(images)
+        return (*self.detector.postprocess(boxes, scores, score_thresh, iou_thresh, max_det), boxes, scores)

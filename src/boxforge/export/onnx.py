@@ -30,7 +30,7 @@ import torch
 
 from boxforge.errors import ExportError
 from boxforge.files import atomic_path
-from boxforge.export.graph import ExportableDetector
+from boxforge.export.graph import ExportableDetector, WithRawOutputs
 from boxforge.export.parity import ParityReport, check_parity
 from boxforge.export.trace import MIN_OPSET, NATIVE_OPSET, to_onnx
 from boxforge.inference.backends import THRESHOLD_INPUTS, ModelMeta
@@ -38,6 +38,7 @@ from boxforge.inference.load import LoadedModel
 
 DEFAULT_OPSET = NATIVE_OPSET
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
+RAW_OUTPUT_NAMES = ("raw_boxes", "raw_scores")  # the network alone, for the parity check only
 INPUT_FORMAT = ("images: (B, 3, S, S) float32 RGB in 0..1, the picture resized to S x S (aspect ratio not kept, "
                 "no letterbox); mean/std normalisation happens inside the graph")
 OUTPUT_FORMAT = ("boxes (B, K, 4) float32 xyxy in input pixels; scores (B, K) float32; labels (B, K) int64, "
@@ -95,24 +96,29 @@ def export_onnx(loaded: LoadedModel, out: str | Path, *, opset: int = DEFAULT_OP
     graph = ExportableDetector(model, score_thresh=settings["score_thresh"], iou_thresh=settings["nms_thresh"],
                           max_det=settings["detections_per_img"], topk_candidates=settings["topk_candidates"]).eval()
     with atomic_path(out) as tmp:  # a failed check leaves no file
-        _trace(graph, tmp, size, opset, dynamic_batch)
+        with_raw = _trace(graph, tmp, size, opset, dynamic_batch)
         _write_metadata(tmp, meta, model, size, settings)
         parity = None
         if check:
-            parity = check_parity(model, graph, tmp, size, check_images)
+            parity = check_parity(model, graph, tmp, size, check_images, with_raw=with_raw)
             if not parity.ok:
                 raise ExportError(f"{out}: parity check failed, the ONNX model does not reproduce the checkpoint: "
                                   f"{parity.summary()}")
     return ExportReport(out, size, opset, dynamic_batch, settings, meta.weights, parity, out.stat().st_size)
 
 
-def _trace(graph: ExportableDetector, path: Path, size: int, opset: int, dynamic_batch: bool) -> None:
-    """Export `graph` with its threshold inputs, then give those inputs the export's values as defaults."""
+def _trace(graph: ExportableDetector, path: Path, size: int, opset: int, dynamic_batch: bool) -> bytes:
+    """Export `graph` with its threshold inputs, give those inputs the export's values as defaults, and write
+    the file with the four outputs of the module docstring.
+
+    Traced once, as WithRawOutputs: returns that six-output model (serialised) for the parity check, whose
+    first step compares the network's outputs; the file is the same graph without the two extra outputs."""
     import onnx
 
     example = torch.rand(2 if dynamic_batch else 1, 3, size, size)
-    to_onnx(graph, (example, *graph.thresholds()), path, input_names=["images", *THRESHOLD_INPUTS],
-            output_names=list(OUTPUT_NAMES), opset=opset, dynamic_batch=dynamic_batch)
+    to_onnx(WithRawOutputs(graph), (example, *graph.thresholds()), path,
+            input_names=["images", *THRESHOLD_INPUTS], output_names=[*OUTPUT_NAMES, *RAW_OUTPUT_NAMES],
+            opset=opset, dynamic_batch=dynamic_batch)
     proto = onnx.load(str(path))
     defaults = dict(zip(THRESHOLD_INPUTS, (t.numpy() for t in graph.thresholds())))
     add_input_defaults(proto, defaults)
@@ -120,7 +126,31 @@ def _trace(graph: ExportableDetector, path: Path, size: int, opset: int, dynamic
         dim = output.type.tensor_type.shape.dim[1]
         if dim.HasField("dim_param"):
             dim.dim_param = "detections"
+    with_raw = proto.SerializeToString()
+    keep_outputs(proto, OUTPUT_NAMES)
     onnx.save(proto, str(path))
+    return with_raw
+
+
+def keep_outputs(proto: object, names: tuple[str, ...]) -> None:
+    """Drop the graph outputs not in `names`, and the nodes only they needed (in place)."""
+    outputs = [o for o in proto.graph.output if o.name in names]
+    if [o.name for o in outputs] != list(names):
+        raise ExportError(f"the exported graph's outputs are {[o.name for o in proto.graph.output]}, "
+                          f"expected {list(names)} among them")
+    del proto.graph.output[:]
+    proto.graph.output.extend(outputs)
+    needed, kept = set(names), []
+    for node in reversed(proto.graph.node):  # nodes are topologically sorted: walk back from the outputs
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+            for attr in node.attribute:  # If/Loop bodies read outer values by name
+                for sub in [attr.g, *attr.graphs]:
+                    for inner in sub.node:
+                        needed.update(inner.input)
+    del proto.graph.node[:]
+    proto.graph.node.extend(reversed(kept))
 
 
 def add_input_defaults(proto: object, values: dict[str, np.ndarray]) -> None:
