@@ -233,31 +233,46 @@ def predict(weights: str | Path, sources: str | Path | list[str | Path], *, out:
                               batch_size=batch_size or 8, workers=workers, progress=progress, img_size=img_size)
 
 
-def export_onnx(weights: str | Path, out: str | Path, *, img_size: int | None = None, opset: int = 18,
-                dynamic_batch: bool = False, score_thresh: float | None = None, iou_thresh: float | None = None,
-                max_det: int | None = None, check_images: list[str | Path] | None = None, check: bool = True,
-                prefer_ema: bool = True) -> Any:
-    """Export a checkpoint to ONNX (detectors: NMS in the graph, pre-processing in its metadata; classifiers:
-    softmax in the graph) and check parity with the checkpoint.
+def export_onnx(weights: str | Path, out: str | Path | None = None, *, img_size: int | None = None,
+                opset: int = 18, dynamic_batch: bool = False, score_thresh: float | None = None,
+                iou_thresh: float | None = None, max_det: int | None = None,
+                check_images: list[str | Path] | None = None, check: bool = True, prefer_ema: bool = True,
+                format: str = "onnx", int8: bool = False, calib: str | Path | list[str | Path] | None = None,
+                calib_images: int = 100, int8_max_drop: float = 1.0, int8_exclude: list[str] | None = None,
+                half: bool = False, bundle: str | Path | None = None) -> Any:
+    """Export a checkpoint (detectors: NMS in the graph with run-time thresholds, pre-processing in its metadata;
+    classifiers: softmax in the graph) and check parity with the checkpoint. `export` is the same function.
 
-    score_thresh (0.001), iou_thresh (NMS, default the model's), max_det (100): detectors only.
-    Returns an ExportReport or a ClassifierExportReport.
+    score_thresh (0.001), iou_thresh (NMS, default the model's), max_det (100): detectors only; the defaults of
+    the graph's threshold inputs. Detectors also: format ("onnx" or "openvino": OUT.xml + OUT.bin), int8 with
+    calib (DATA: calibration images from its train split, the INT8 file and the checkpoint scored on its
+    held-out split; calib_images, int8_max_drop in COCO AP points, int8_exclude node names), half (fp16 ONNX),
+    bundle (a folder with the model, a standalone predict.py and a README). See export/deploy.py.
+    Returns an ExportReport, a DeployReport (int8, half, openvino, bundle) or a ClassifierExportReport.
     """
     loaded = _open(weights, device="cpu", prefer_ema=prefer_ema, img_size=img_size)
     if loaded.meta.kind != "checkpoint":
         raise BoxforgeError(f"{weights}: already an exported {loaded.meta.kind} model; export takes the .pt "
                             "checkpoint it came from")
+    from boxforge.export.deploy import check_options, export_model
+
+    check_options(format=format, int8=int8, calib=calib, half=half, bundle=bundle, task=loaded.task)
     if loaded.task == "classify":  # softmax in the graph instead of NMS
         from boxforge.export.classifier import export_classifier
 
         _given("classify", {"--score-thresh": score_thresh, "--iou-thresh": iou_thresh, "--max-det": max_det})
+        if out is None:
+            raise BoxforgeError("export needs --out MODEL.onnx")
         return export_classifier(loaded, out, opset=opset, dynamic_batch=dynamic_batch, check_images=check_images,
                                  check=check)
-    from boxforge.export import export_onnx as export_detector
+    return export_model(loaded, out, format=format, int8=int8, calib=calib, calib_images=calib_images,
+                        int8_max_drop=int8_max_drop, int8_exclude=int8_exclude, half=half, bundle=bundle,
+                        opset=opset, dynamic_batch=dynamic_batch,
+                        score_thresh=0.001 if score_thresh is None else score_thresh, iou_thresh=iou_thresh,
+                        max_det=100 if max_det is None else max_det, check_images=check_images, check=check)
 
-    return export_detector(loaded, out, opset=opset, dynamic_batch=dynamic_batch,
-                           score_thresh=0.001 if score_thresh is None else score_thresh, iou_thresh=iou_thresh,
-                           max_det=100 if max_det is None else max_det, check_images=check_images, check=check)
+
+export = export_onnx
 
 
 def audit(data: str | Path | list[str | Path], *, out: str | Path, time: float | None = None,
@@ -302,4 +317,4 @@ def report(run_dir: str | Path, *, device: str = "auto", images: int = 6) -> Pat
     return run_report.write_report(run_dir, device=device, images=images)
 
 
-__all__ += ["apply_audit", "audit", "evaluate", "export_onnx", "pack", "predict", "report", "train_plan"]
+__all__ += ["apply_audit", "audit", "evaluate", "export", "export_onnx", "pack", "predict", "report", "train_plan"]

@@ -381,7 +381,8 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-draw", action="store_true", help="do not write drawn images")
     _model_run_args(p)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (NMS inside the graph), parity-checked",
+    p = sub.add_parser("export", help="export a checkpoint to ONNX or OpenVINO (NMS inside the graph, thresholds "
+                       "at run time), parity-checked; INT8, fp16, a standalone bundle",
                        description="Write an ONNX model: input images (B, 3, S, S) float RGB 0..1, and for detectors "
                                    "score_thresh, iou_thresh, max_det (optional inputs with the export's values as "
                                    "defaults, so predict/eval set them at run time); outputs boxes (B, K, 4) in input "
@@ -389,7 +390,23 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
                                    "class_names, normalization, postprocess. The export is checked against the "
                                    "checkpoint; a mismatch is an error (exit status 2).")
     p.add_argument("--weights", type=Path, required=True, metavar="CKPT")
-    p.add_argument("--out", type=Path, required=True, metavar="MODEL.onnx")
+    p.add_argument("--out", type=Path, metavar="PATH", help="MODEL.onnx; with --format openvino PATH.xml + PATH.bin "
+                   "(into PATH/model.xml when PATH is a folder); required unless --bundle")
+    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx", help="detectors: onnx (default) or an "
+                   "OpenVINO IR (pip install 'boxforge[openvino]')")
+    p.add_argument("--int8", action="store_true", help="detectors: INT8 static quantization calibrated on --calib "
+                   "(ONNX: onnxruntime QDQ; OpenVINO: NNCF); then the INT8 file and the checkpoint are scored on "
+                   "DATA's held-out split (COCO AP and VOC12 mAP printed)")
+    p.add_argument("--calib", nargs="+", metavar="DATA", help="dataset for --int8: calibration images from its "
+                   "train split, scoring on its held-out split (the split policy's, as eval)")
+    p.add_argument("--calib-images", type=int, default=100, metavar="N", help="calibration images (default 100)")
+    p.add_argument("--int8-max-drop", type=float, default=1.0, metavar="POINTS", help="warn, naming the layers "
+                   "with the most quantization noise, when INT8 loses more COCO AP points than this (default 1)")
+    p.add_argument("--int8-exclude", nargs="+", metavar="NODE", help="ONNX node names to keep in float")
+    p.add_argument("--half", action="store_true", help="detectors: float16 ONNX for GPU runtimes (inputs and "
+                   "outputs stay float32; runs on CPU too, not faster)")
+    p.add_argument("--bundle", type=Path, metavar="DIR", help="detectors: write DIR/model.onnx, a standalone "
+                   "DIR/predict.py (needs only onnxruntime, numpy, pillow) and DIR/README.md")
     p.add_argument("--img-size", type=int, help="input size (default: the checkpoint's)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 15 to 18 (default 18, what torch's exporter "
                    "writes; lower ones are converted down)")
@@ -462,10 +479,13 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    report = api.export_onnx(args.weights, args.out, img_size=args.img_size, opset=args.opset,
-                             dynamic_batch=args.dynamic_batch, score_thresh=args.score_thresh,
-                             iou_thresh=args.iou_thresh, max_det=args.max_det, check_images=args.check_images,
-                             check=not args.no_check, prefer_ema=not args.no_ema)
+    calib = args.calib if args.calib is None or len(args.calib) > 1 else args.calib[0]
+    report = api.export(args.weights, args.out, img_size=args.img_size, opset=args.opset,
+                        dynamic_batch=args.dynamic_batch, score_thresh=args.score_thresh,
+                        iou_thresh=args.iou_thresh, max_det=args.max_det, check_images=args.check_images,
+                        check=not args.no_check, prefer_ema=not args.no_ema, format=args.format, int8=args.int8,
+                        calib=calib, calib_images=args.calib_images, int8_max_drop=args.int8_max_drop,
+                        int8_exclude=args.int8_exclude, half=args.half, bundle=args.bundle)
     print(report.summary())
     return EXIT_OK
 

@@ -122,10 +122,13 @@ class OnnxSession:
         fed = [i.name for i in (*self.session.get_inputs(), *self.session.get_overridable_initializers())]
         self.optional_inputs = [name for name in fed if name != self.input_name]  # older exports: none
 
+    kind = "onnx"
+
     def meta(self) -> ModelMeta:
         postprocess = json.loads(self.props.get("postprocess", "{}"))
-        return ModelMeta(self.path, "onnx", self.props.get("model_name", "?"), json.loads(self.props["class_names"]),
-                         int(self.props["img_size"]), "", dict(postprocess), {"metadata": dict(self.props)})
+        return ModelMeta(self.path, self.kind, self.props.get("model_name", "?"),
+                         json.loads(self.props["class_names"]), int(self.props["img_size"]), "", dict(postprocess),
+                         {"metadata": dict(self.props)})
 
     def check_size(self, img_size: int | None) -> None:
         """Refuse an --img-size that the graph's fixed (B, 3, S, S) input cannot take."""
@@ -168,6 +171,71 @@ def threshold_feeds(score_thresh: float, iou_thresh: float, max_det: int) -> dic
             "max_det": np.array(max_det, np.int64)}
 
 
+class OpenVinoSession:
+    """An OpenVINO IR (.xml + .bin) written by `boxforge export --format openvino`: the same interface as
+    `OnnxSession` (props, task, meta, check_size, run), so the exported-graph backends run it unchanged.
+
+    The IR has no input defaults, so the detector's threshold inputs are always fed: what `run` is not given
+    comes from the export's settings (the `postprocess` metadata)."""
+
+    kind = "openvino"
+
+    def __init__(self, path: Path, device: torch.device, threads: int | None = None) -> None:
+        core, model = read_openvino(path)
+        self.path, self.notes = path, []
+        if device.type == "cuda":
+            self.notes.append("OpenVINO runs this model on the CPU (its GPU plugin is for Intel GPUs)")
+        if not model.has_rt_info(OPENVINO_METADATA):
+            raise BoxforgeError(f"{path}: not an OpenVINO model exported by boxforge (no boxforge metadata)")
+        self.props = json.loads(model.get_rt_info(OPENVINO_METADATA).astype(str))
+        self.task = self.props.get("task", "detect")
+        config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
+        self.compiled = core.compile_model(model, "CPU", config)
+        names = [port.get_any_name() for port in model.inputs]
+        self.input_name, self.optional_inputs = names[0], names[1:]
+        shape = model.inputs[0].get_partial_shape()
+        self.fixed_batch = shape[0].get_length() if shape[0].is_static else None
+        self.input_dims = [d.get_length() if d.is_static else "?" for d in list(shape)[2:]]
+        post = json.loads(self.props.get("postprocess", "{}"))
+        self.defaults = threshold_feeds(post["score_thresh"], post["nms_thresh"], post["detections_per_img"]) \
+            if post else {}
+
+    meta = OnnxSession.meta
+    check_size = OnnxSession.check_size
+
+    def run(self, array: np.ndarray, feeds: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """As `OnnxSession.run`: every output for `array` (B, 3, S, S), the static batch padded."""
+        step = self.fixed_batch or len(array)
+        values = {k: v for k, v in {**self.defaults, **(feeds or {})}.items() if k in self.optional_inputs}
+        chunks: list[list[np.ndarray]] = []
+        for start in range(0, len(array), step):
+            chunk = array[start:start + step]
+            real = len(chunk)
+            if real < step:
+                chunk = np.concatenate([chunk, np.zeros((step - real, *chunk.shape[1:]), np.float32)])
+            result = self.compiled({self.input_name: chunk, **values})
+            chunks.append([np.asarray(result[port])[:real] for port in self.compiled.outputs])
+        return [_concat_rows(parts) for parts in zip(*chunks)]
+
+
+OPENVINO_METADATA = "boxforge_metadata"  # the IR's rt_info key holding the ONNX export's metadata, as JSON
+
+
+def read_openvino(path: Path) -> tuple[Any, Any]:
+    """(openvino Core, the model read from `path`), or one line saying what to install / what is wrong."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise BoxforgeError(f"{path}: an OpenVINO model; running it needs OpenVINO: pip install "
+                            "'boxforge[openvino]'") from exc
+    core = ov.Core()
+    try:
+        return core, core.read_model(str(path))
+    except Exception as exc:  # openvino raises its own untyped errors
+        raise BoxforgeError(f"{path}: not a loadable OpenVINO model (is its .bin beside it?): "
+                            f"{str(exc).strip().splitlines()[0]}") from exc
+
+
 class TorchDetector(Backend):
     """A `Detector` in eval mode (a checkpoint's, or the live model under training for validation).
 
@@ -203,14 +271,15 @@ class TorchDetector(Backend):
 
 
 class OnnxDetector(Backend):
-    """An exported detector, NMS inside the graph. An export with threshold inputs (score_thresh, iou_thresh,
+    """An exported detector (an OnnxSession, or an OpenVinoSession of the IR converted from it), NMS inside
+    the graph. An export with threshold inputs (score_thresh, iou_thresh,
     max_det; export/onnx.py) takes whatever `configure` asks, exactly as a checkpoint does. An older export
     has them baked in: `configure` can then only tighten them (higher score threshold, fewer detections,
     filtered after the graph) and says so in `notes` when asked for more."""
 
     task = "detect"
 
-    def __init__(self, session: OnnxSession) -> None:
+    def __init__(self, session: OnnxSession | OpenVinoSession) -> None:
         self.session, self.meta, self.notes = session, session.meta(), list(session.notes)
         self.baked = dict(self.meta.postprocess)
         self.runtime = set(THRESHOLD_INPUTS) <= set(session.optional_inputs)
@@ -290,11 +359,11 @@ class TorchClassifier(Backend):
 
 
 class OnnxClassifier(Backend):
-    """An exported classifier (softmax inside the graph)."""
+    """An exported classifier (softmax inside the graph): an OnnxSession or an OpenVinoSession."""
 
     task = "classify"
 
-    def __init__(self, session: OnnxSession) -> None:
+    def __init__(self, session: OnnxSession | OpenVinoSession) -> None:
         self.session, self.meta, self.notes = session, session.meta(), list(session.notes)
 
     def run(self, batch: Tensor) -> Tensor:
