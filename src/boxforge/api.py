@@ -241,7 +241,8 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, *, img_size:
                 calib_images: int = 100, int8_max_drop: float = 1.0, int8_exclude: list[str] | None = None,
                 half: bool = False, bundle: str | Path | None = None) -> Any:
     """Export a checkpoint (detectors: NMS in the graph with run-time thresholds, pre-processing in its metadata;
-    classifiers: softmax in the graph) and check parity with the checkpoint. `export` is the same function.
+    classifiers: softmax in the graph) and check parity with the checkpoint. (Not called `export`: that is
+    the boxforge.export package.)
 
     score_thresh (0.001), iou_thresh (NMS, default the model's), max_det (100): detectors only; the defaults of
     the graph's threshold inputs. Detectors also: format ("onnx" or "openvino": OUT.xml + OUT.bin), int8 with
@@ -271,8 +272,6 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, *, img_size:
                         score_thresh=0.001 if score_thresh is None else score_thresh, iou_thresh=iou_thresh,
                         max_det=100 if max_det is None else max_det, check_images=check_images, check=check)
 
-
-export = export_onnx
 
 
 def audit(data: str | Path | list[str | Path], *, out: str | Path, time: float | None = None,
@@ -317,4 +316,4 @@ def report(run_dir: str | Path, *, device: str = "auto", images: int = 6) -> Pat
     return run_report.write_report(run_dir, device=device, images=images)
 
 
-__all__ += ["apply_audit", "audit", "evaluate", "export", "export_onnx", "pack", "predict", "report", "train_plan"]
+__all__ += ["apply_audit", "audit", "evaluate", "export_onnx", "pack", "predict", "report", "train_plan"]

@@ -390,7 +390,7 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
                                    "class_names, normalization, postprocess. The export is checked against the "
                                    "checkpoint; a mismatch is an error (exit status 2).")
     p.add_argument("--weights", type=Path, required=True, metavar="CKPT")
-    p.add_argument("--out", type=Path, metavar="PATH", help="MODEL.onnx; with --format openvino PATH.xml + PATH.bin "
+    p.add_argument("--out", metavar="PATH", help="MODEL.onnx; with --format openvino PATH.xml + PATH.bin "
                    "(into PATH/model.xml when PATH is a folder); required unless --bundle")
     p.add_argument("--format", choices=("onnx", "openvino"), default="onnx", help="detectors: onnx (default) or an "
                    "OpenVINO IR (pip install 'boxforge[openvino]')")
@@ -480,12 +480,12 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 def _run_export(args: argparse.Namespace) -> int:
     calib = args.calib if args.calib is None or len(args.calib) > 1 else args.calib[0]
-    report = api.export(args.weights, args.out, img_size=args.img_size, opset=args.opset,
-                        dynamic_batch=args.dynamic_batch, score_thresh=args.score_thresh,
-                        iou_thresh=args.iou_thresh, max_det=args.max_det, check_images=args.check_images,
-                        check=not args.no_check, prefer_ema=not args.no_ema, format=args.format, int8=args.int8,
-                        calib=calib, calib_images=args.calib_images, int8_max_drop=args.int8_max_drop,
-                        int8_exclude=args.int8_exclude, half=args.half, bundle=args.bundle)
+    report = api.export_onnx(args.weights, args.out, img_size=args.img_size, opset=args.opset,
+                             dynamic_batch=args.dynamic_batch, score_thresh=args.score_thresh,
+                             iou_thresh=args.iou_thresh, max_det=args.max_det, check_images=args.check_images,
+                             check=not args.no_check, prefer_ema=not args.no_ema, format=args.format, int8=args.int8,
+                             calib=calib, calib_images=args.calib_images, int8_max_drop=args.int8_max_drop,
+                             int8_exclude=args.int8_exclude, half=args.half, bundle=args.bundle)
     print(report.summary())
     return EXIT_OK
 

@@ -13,6 +13,7 @@ and `eval` run it through the one inference layer like any export.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,8 @@ def export_model(loaded: LoadedModel, out: str | Path | None, *, format: str = "
         from boxforge.export.openvino import require_openvino
 
         require_openvino(int8)
+    if format == "openvino" and str(out).endswith(("/", os.sep)):
+        Path(out).mkdir(parents=True, exist_ok=True)  # "--out DIR/": the IR goes into DIR (openvino.ir_path)
     target = Path(bundle) / "model.onnx" if bundle is not None else Path(out)
     if format == "onnx" and not (int8 or half or bundle is not None):
         return export_onnx(loaded, target, **onnx_options)
@@ -137,6 +140,7 @@ def export_model(loaded: LoadedModel, out: str | Path | None, *, format: str = "
         if int8:
             report.int8 = _int8_report(loaded, fp32, report.path, images, calib, int8_max_drop, int8_exclude,
                                        per_layer=format == "onnx")
+            report.int8.method = "NNCF post-training" if format == "openvino" else report.int8.method
             if format != "onnx" and report.int8.warning:
                 report.notes.append("per-layer errors are measured on the ONNX INT8 graph: run the same export "
                                     "with --format onnx to see which layers to --int8-exclude")
@@ -168,9 +172,13 @@ def _to_half(fp32: Path, out: Path, props: dict[str, str]) -> None:
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    import onnx_ir as ir
+
     proto = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True,
                                      op_block_list=[*DEFAULT_OP_BLOCK_LIST, *HALF_KEEP_FLOAT])
-    onnx.save(proto, str(out))
+    model = ir.from_proto(proto)  # the converter appends its input casts at the end: sort the graph again
+    model.graph.sort()
+    onnx.save(ir.to_proto(model), str(out))
     _stamp(out, props)
 
 

@@ -66,6 +66,7 @@ class Int8Report:
     aps: dict[str, dict[str, float]]
     max_drop: float
     worst: list[tuple[str, float, float]] = field(default_factory=list)
+    method: str = "onnxruntime static QDQ"
 
     @property
     def drop(self) -> float:
@@ -83,7 +84,7 @@ class Int8Report:
 
     def summary(self) -> str:
         where = f"{self.eval_data} split {self.eval_split}" if self.eval_split else f"{self.eval_data} (all images)"
-        lines = [f"  INT8 (onnxruntime static QDQ, {self.calib_images} calibration images"
+        lines = [f"  INT8 ({self.method}, {self.calib_images} calibration images"
                  + (f", {len(self.excluded)} nodes kept in float" if self.excluded else "") + f"), on {where}, "
                  f"{self.eval_images} images:"]
         for who in ("checkpoint", "int8"):
@@ -134,6 +135,10 @@ class _Reader:
 
     def rewind(self) -> None:
         self.i = 0
+
+    def __iter__(self):  # noqa: ANN204 - qdq_loss_debug iterates where quantize_static calls get_next
+        self.rewind()
+        return iter(self.get_next, None)
 
 
 def quantize_file(fp32: Path, out: Path, images: np.ndarray, *, exclude: list[str] | None = None) -> None:
