@@ -36,6 +36,8 @@ def test_auto_is_on_only_for_cuda_without_mosaic() -> None:
     assert not augment_on_device(TrainConfig(data=["d"], gpu_augment="off"), CUDA)
     with pytest.raises(BoxforgeError, match="for detectors"):
         ClassifyTask(TrainConfig(data=["d"], gpu_augment="on"), 2)
+    with pytest.raises(BoxforgeError, match="--gpu-augment on with --mosaic 0.5"):
+        DetectTask(TrainConfig(data=["d"], gpu_augment="on", mosaic=0.5), CUDA)
 
 
 @pytest.fixture(scope="module")

@@ -107,6 +107,10 @@ class DetectTask:
     def __init__(self, cfg: TrainConfig, device: torch.device | None = None) -> None:
         self.cfg = cfg
         self.best_key, self.best_label = DETECT_BEST[cfg.best_metric]
+        if cfg.gpu_augment == "on" and cfg.mosaic > 0:
+            raise BoxforgeError(f"--gpu-augment on with --mosaic {cfg.mosaic:g}: the mosaic canvas is built in the "
+                                "data workers from augmented images; use one or the other (auto leaves mosaic "
+                                "runs on the worker path)")
         self.augment_on_device = augment_on_device(cfg, device)
         self.recipe: SSDRecipe | None = None  # set by train_dataset when the augmentation runs in to_device
 
