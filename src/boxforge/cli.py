@@ -234,6 +234,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    "input size, drawn per batch from (seed, epoch, iteration); validation, checkpoints and export "
                    f"stay at the input size (no value: {MULTI_SCALE_DEFAULT[0]}:{MULTI_SCALE_DEFAULT[1]}, about darknet's "
                    "random=1; default: off)")
+    p.add_argument("--gpu-augment", choices=("auto", "on", "off"), help="detectors: run the SSD augmentation "
+                   "(zoom out, IoU crop, flip, resize, colour) on the training device, the data workers only "
+                   "drawing its random parameters and sending uint8 images; the same draws as the worker path, pixels "
+                   "within 1 of 255 on CPU (auto, the default: on with CUDA and no --mosaic, off on CPU; on refuses "
+                   "--mosaic; GPU speed not yet measured)")
     p.add_argument("--cache", choices=("auto", "ram", "off"), help="keep each decoded training image in memory "
                    "(longer side at most 2 x img size), in every worker: ram (refused above 25%% of physical RAM), "
                    "auto (default: ram when it fits in 10%% of RAM), off")
