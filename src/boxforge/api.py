@@ -58,19 +58,28 @@ def pack(data: str | Path | list[str | Path] | DatasetIndex, out: str | Path, *,
 
 
 def synth(out: str | Path, *, images: int = 200, classes: int = 3, seed: int = 0, format: str = "voc",
-          task: str = "detect") -> DatasetIndex:
-    """Write the deterministic synthetic dataset (VOC root, or ImageFolder for `task="classify"`)."""
+          task: str = "detect", objects: tuple[int, int] | None = None,
+          object_size: tuple[float, float] | None = None) -> DatasetIndex:
+    """Write the deterministic synthetic dataset (VOC root, or ImageFolder for `task="classify"`).
+
+    objects (min, max shapes per image), object_size (min, max fraction of the short side): detection only,
+    for dense sets of small objects; None: the defaults (1 to 6 shapes, 0.08 to 0.6)."""
     from boxforge.data import synth as synth_mod
 
     out = Path(out)
     if task == "classify":
+        if objects is not None or object_size is not None:
+            raise BoxforgeError("--objects and --object-size are for detection sets (synth --task detect)")
         return synth_mod.synthesize_classification(out, images=images, classes=classes, seed=seed)
     if task != "detect":
         raise BoxforgeError(f"unknown task {task!r}; choose detect or classify")
+    shape = {"objects": tuple(objects) if objects is not None else synth_mod.DEFAULT_OBJECTS,
+             "object_size": tuple(object_size) if object_size is not None else synth_mod.DEFAULT_OBJECT_SIZE}
     if format == "voc":
-        return synth_mod.synthesize_detection(out, images=images, classes=classes, seed=seed)
+        return synth_mod.synthesize_detection(out, images=images, classes=classes, seed=seed, **shape)
     with tempfile.TemporaryDirectory() as tmp:
-        index = synth_mod.synthesize_detection(Path(tmp) / "voc", images=images, classes=classes, seed=seed)
+        index = synth_mod.synthesize_detection(Path(tmp) / "voc", images=images, classes=classes, seed=seed,
+                                               **shape)
         _convert(index, out, format)
     shutil.rmtree(Path(tmp), ignore_errors=True)
     return load_dataset(out)

@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=TARGETS, default="voc")
     p.add_argument("--task", choices=("detect", "classify"), default="detect")
+    p.add_argument("--objects", type=_int_range, metavar="MIN:MAX", help="detection: shapes per image, e.g. 20:40 "
+                   "for a dense set (default 1:6; fewer are placed where they would hide earlier ones)")
+    p.add_argument("--object-size", type=_float_range, metavar="MIN:MAX", help="detection: shape size as a "
+                   "fraction of the image's short side, e.g. 0.03:0.1 for small objects (default 0.08:0.6)")
     p = sub.add_parser("pack", help="decode a detection dataset once into a memory-mapped, checksummed cache",
                        description="Write DATA's decoded (optionally pre-resized) images and index into the new "
                                    "folder OUT; `train --data OUT` then reads it without decoding any JPEG.")
@@ -559,9 +563,27 @@ def _run_pack(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _pair(text: str, kind: type) -> tuple:
+    low, sep, high = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return kind(low), kind(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MIN:MAX ({kind.__name__}s)") from None
+
+
+def _int_range(text: str) -> tuple[int, int]:
+    return _pair(text, int)
+
+
+def _float_range(text: str) -> tuple[float, float]:
+    return _pair(text, float)
+
+
 def _run_synth(args: argparse.Namespace) -> int:
     index = api.synth(args.out, images=args.images, classes=args.classes, seed=args.seed, format=args.format,
-                      task=args.task)
+                      task=args.task, objects=args.objects, object_size=args.object_size)
     what = f"{index.num_objects} objects" if index.task == "detect" else "class folders"
     print(f"synthesized {len(index)} images, {what}, classes {', '.join(index.classes)} -> {args.out}")
     return EXIT_OK

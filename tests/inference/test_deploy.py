@@ -67,12 +67,16 @@ def test_images(synth: Path) -> list[Path]:
 
 
 def test_int8_export_is_quantized_scored_and_runs_everywhere(trained: Path, synth: Path, tmp_path: Path,
-                                                             exported: Path, test_images: list[Path]) -> None:
-    fp32 = onnx.load(str(exported))  # the same checkpoint's fp32 export: the exporter names nodes the same
-    convs = [n.name for n in fp32.graph.node if n.op_type == "Conv"]
-    keep = convs[0]
+                                                             test_images: list[Path]) -> None:
+    # any drop is "too much" (-1e9): the warning, naming the noisiest layers, which the user may then keep in float
+    first = boxforge.export_onnx(trained, tmp_path / "first.onnx", int8=True, calib=str(synth), calib_images=6,
+                                 int8_max_drop=-1e9)
+    assert first.int8.warning and "--int8-exclude" in first.int8.warning and first.int8.worst
+    keep = first.int8.worst[0][0]
+    assert keep in first.int8.warning
     report = boxforge.export_onnx(trained, tmp_path / "int8.onnx", int8=True, calib=str(synth), calib_images=6,
-                             int8_exclude=[keep], int8_max_drop=-1e9)  # any result is "too much": the warning
+                                  int8_exclude=[keep], int8_max_drop=-1e9)
+    convs = [n.name for n in onnx.load(str(first.path)).graph.node if n.op_type == "Conv"]
     graph = onnx.load(str(report.path)).graph
     producers = {o: n for n in graph.node for o in n.output}
     int8_weights = {n.name for n in graph.node if n.op_type == "Conv" and n.input[1] in producers
@@ -86,7 +90,7 @@ def test_int8_export_is_quantized_scored_and_runs_everywhere(trained: Path, synt
     assert r.eval_split == "test" and r.eval_images == 2 and set(r.aps) == {"checkpoint", "int8"}
     checkpoint_ap = boxforge.evaluate(str(synth), weights=trained, metrics=["coco"], progress=False).results["coco"]["AP"]
     assert r.aps["checkpoint"]["coco_AP"] == pytest.approx(checkpoint_ap, abs=1e-9)
-    assert r.warning and "--int8-exclude" in r.warning and r.worst and len(r.worst) == len(convs) - 1
+    assert r.warning and len(first.int8.worst) == len(convs) and len(r.worst) == len(convs) - 1
     assert "INT8 (onnxruntime static QDQ, 6 calibration images, 1 nodes kept in float)" in report.summary()
     # predict and eval take it like any export
     loaded = load_model(report.path, "cpu")
@@ -144,8 +148,10 @@ def test_openvino_export_predicts_as_the_onnx_export(trained: Path, synth: Path,
     ev = boxforge.evaluate(str(synth), weights=report.path, metrics=["coco"], progress=False)
     assert ev.results["coco"]["AP"] == pytest.approx(boxforge.evaluate(str(synth), weights=onnx_file, metrics=["coco"], progress=False)
                                                      .results["coco"]["AP"], abs=1e-3)
-    plain = boxforge.export_onnx(trained, tmp_path / "plain", format="openvino")  # PATH -> PATH.xml + PATH.bin
-    assert plain.path == tmp_path / "plain.xml" and (tmp_path / "plain.bin").is_file()
+    from boxforge.export.openvino import ir_path
+
+    assert ir_path(tmp_path / "plain") == tmp_path / "plain.xml"  # PATH -> PATH.xml (+ PATH.bin beside it)
+    assert ir_path(tmp_path / "m.xml") == tmp_path / "m.xml" and ir_path(folder) == folder / "model.xml"
 
 
 def test_openvino_int8_through_nncf_is_scored(trained: Path, synth: Path, tmp_path: Path) -> None:
