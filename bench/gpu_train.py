@@ -13,7 +13,10 @@ The default model (yolo_csp at its defaults, which pick float16 autocast on CUDA
 and its checkpoint then goes through `eval` and `predict` on the GPU, so the figure also says
 the CUDA path works end to end. Without CUDA the script writes {"device": "no GPU"} and exits 0.
 
-    python bench/gpu_train.py [--images 1024 --batch 32 --iters 60 --workers N]
+Then ssd300_vgg16 with AMP at each --augment-batches size with the augmentation forced into the CPU workers
+(`--gpu-augment off`) and onto the GPU (`--gpu-augment on`).
+
+    python bench/gpu_train.py [--images 1024 --batch 32 --iters 60 --workers N] [--augment-batches 32 64 128]
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ def main() -> None:
     ap.add_argument("--skip", type=int, default=10, help="warm-up steps left out of img/s (cudnn autotuning)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda", help="cpu only to try the script itself on a tiny run")
+    ap.add_argument("--augment-batches", type=int, nargs="*", default=[32, 64, 128],
+                    help="batch sizes at which both --gpu-augment paths are timed")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         recorded = RESULTS / "gpu_train.json"
@@ -131,6 +136,17 @@ def main() -> None:
                          f"{ours['img_per_s']:.0f}" + (f" (reference loop {ref['img_per_s']:.0f}, "
                                                        f"x{ours['img_per_s'] / ref['img_per_s']:.2f})" if ref else "")
                          + "; anchor 724 (SSD300-RN50, A100, DALI)"))
+        # both input paths forced, whatever `auto` picks: the SSD recipe in the CPU workers, or drawn there and
+        # applied to the batch on the GPU (--gpu-augment on, data/device_augment.py); one row per batch size
+        for batch in args.augment_batches:
+            sized = argparse.Namespace(**{**vars(args), "batch": batch})
+            for mode in ("off", "on"):
+                key = f"ssd300_vgg16_amp_b{batch}_gpu_augment_{mode}"
+                got = attempt(key, lambda: boxforge_gpu("ssd300_vgg16", root, Path(tmp) / key, sized,
+                                                        ("--amp", "--gpu-augment", mode)))
+                if got:
+                    rows.append((f"ssd300_vgg16 AMP batch {batch}, --gpu-augment {mode}, img/s",
+                                 f"{got['img_per_s']:.0f}"))
         default = attempt("yolo_csp_default", lambda: boxforge_gpu(None, root, Path(tmp) / "yolo", args))
         if default:
             rows.append(("yolo_csp at its defaults (fp16 autocast), img/s", f"{default['img_per_s']:.0f}"))

@@ -173,6 +173,24 @@ def inference_rows(doc: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def deploy_rows(doc: dict[str, Any]) -> list[Row]:
+    """bench/deploy_speed.py: each export format of one trained model against PyTorch eager, same run."""
+    rows = []
+    eager = doc["results"][0]
+    goal = doc["goal"]
+    for e in doc["results"][1:]:
+        for b, t in e["timing"].items():
+            ap = (f", COCO AP {e['coco_AP']:.3f} vs {eager['coco_AP']:.3f}" if "coco_AP" in e
+                  else ", not scored (untrained, speed only)")
+            target = ""
+            if b == "b1" and e["format"] == goal.get("fastest_within_1_point"):
+                target = f">= 3x at <= 1 AP point lost: {_met(goal['met'])}"
+            rows.append((f"deploy {Path(doc['weights']).parent.name} {e['img_size']} px {b}, ms/img, {e['format']}"
+                         f"{ap}", f"{t['ms_per_image']:.1f}", f"{eager['timing'][b]['ms_per_image']:.1f} (eager)",
+                         f"{t['speedup_vs_eager']:.2f}x", target))
+    return rows
+
+
 def decode_rows(doc: dict[str, Any]) -> list[Row]:
     rows = []
     for set_name, entry in doc["speed"].items():
@@ -217,7 +235,8 @@ def table() -> str:
                      ("thread_split", thread_rows),
                      ("step_speed", step_rows),
                      ("eval_speed", eval_rows),
-                     ("inference_speed", inference_rows), ("check_speed", check_rows), ("memory_rss", memory_rows)):
+                     ("inference_speed", inference_rows), ("deploy_speed", deploy_rows),
+                     ("check_speed", check_rows), ("memory_rss", memory_rows)):
         doc = load(name)
         if doc is not None:
             rows += fn(doc)

@@ -58,19 +58,28 @@ def pack(data: str | Path | list[str | Path] | DatasetIndex, out: str | Path, *,
 
 
 def synth(out: str | Path, *, images: int = 200, classes: int = 3, seed: int = 0, format: str = "voc",
-          task: str = "detect") -> DatasetIndex:
-    """Write the deterministic synthetic dataset (VOC root, or ImageFolder for `task="classify"`)."""
+          task: str = "detect", objects: tuple[int, int] | None = None,
+          object_size: tuple[float, float] | None = None) -> DatasetIndex:
+    """Write the deterministic synthetic dataset (VOC root, or ImageFolder for `task="classify"`).
+
+    objects (min, max shapes per image), object_size (min, max fraction of the short side): detection only,
+    for dense sets of small objects; None: the defaults (1 to 6 shapes, 0.08 to 0.6)."""
     from boxforge.data import synth as synth_mod
 
     out = Path(out)
     if task == "classify":
+        if objects is not None or object_size is not None:
+            raise BoxforgeError("--objects and --object-size are for detection sets (synth --task detect)")
         return synth_mod.synthesize_classification(out, images=images, classes=classes, seed=seed)
     if task != "detect":
         raise BoxforgeError(f"unknown task {task!r}; choose detect or classify")
+    shape = {"objects": tuple(objects) if objects is not None else synth_mod.DEFAULT_OBJECTS,
+             "object_size": tuple(object_size) if object_size is not None else synth_mod.DEFAULT_OBJECT_SIZE}
     if format == "voc":
-        return synth_mod.synthesize_detection(out, images=images, classes=classes, seed=seed)
+        return synth_mod.synthesize_detection(out, images=images, classes=classes, seed=seed, **shape)
     with tempfile.TemporaryDirectory() as tmp:
-        index = synth_mod.synthesize_detection(Path(tmp) / "voc", images=images, classes=classes, seed=seed)
+        index = synth_mod.synthesize_detection(Path(tmp) / "voc", images=images, classes=classes, seed=seed,
+                                               **shape)
         _convert(index, out, format)
     shutil.rmtree(Path(tmp), ignore_errors=True)
     return load_dataset(out)
@@ -233,31 +242,45 @@ def predict(weights: str | Path, sources: str | Path | list[str | Path], *, out:
                               batch_size=batch_size or 8, workers=workers, progress=progress, img_size=img_size)
 
 
-def export_onnx(weights: str | Path, out: str | Path, *, img_size: int | None = None, opset: int = 17,
-                dynamic_batch: bool = False, score_thresh: float | None = None, iou_thresh: float | None = None,
-                max_det: int | None = None, check_images: list[str | Path] | None = None, check: bool = True,
-                prefer_ema: bool = True) -> Any:
-    """Export a checkpoint to ONNX (detectors: NMS in the graph, pre-processing in its metadata; classifiers:
-    softmax in the graph) and check parity with the checkpoint.
+def export_onnx(weights: str | Path, out: str | Path | None = None, *, img_size: int | None = None,
+                opset: int = 18, dynamic_batch: bool = False, score_thresh: float | None = None,
+                iou_thresh: float | None = None, max_det: int | None = None,
+                check_images: list[str | Path] | None = None, check: bool = True, prefer_ema: bool = True,
+                format: str = "onnx", int8: bool = False, calib: str | Path | list[str | Path] | None = None,
+                calib_images: int = 100, int8_max_drop: float = 1.0, int8_exclude: list[str] | None = None,
+                half: bool = False, bundle: str | Path | None = None) -> Any:
+    """Export a checkpoint (detectors: NMS in the graph with run-time thresholds, pre-processing in its metadata;
+    classifiers: softmax in the graph) and check parity with the checkpoint. (Not called `export`: that is
+    the boxforge.export package.)
 
-    score_thresh (0.001), iou_thresh (NMS, default the model's), max_det (100): detectors only.
-    Returns an ExportReport or a ClassifierExportReport.
+    score_thresh (0.001), iou_thresh (NMS, default the model's), max_det (100): detectors only; the defaults of
+    the graph's threshold inputs. Detectors also: format ("onnx" or "openvino": OUT.xml + OUT.bin), int8 with
+    calib (DATA: calibration images from its train split, the INT8 file and the checkpoint scored on its
+    held-out split; calib_images, int8_max_drop in COCO AP points, int8_exclude node names), half (fp16 ONNX),
+    bundle (a folder with the model, a standalone predict.py and a README). See export/deploy.py.
+    Returns an ExportReport, a DeployReport (int8, half, openvino, bundle) or a ClassifierExportReport.
     """
     loaded = _open(weights, device="cpu", prefer_ema=prefer_ema, img_size=img_size)
     if loaded.meta.kind != "checkpoint":
         raise BoxforgeError(f"{weights}: already an exported {loaded.meta.kind} model; export takes the .pt "
                             "checkpoint it came from")
+    from boxforge.export.deploy import check_options, export_model
+
+    check_options(format=format, int8=int8, calib=calib, half=half, bundle=bundle, task=loaded.task)
     if loaded.task == "classify":  # softmax in the graph instead of NMS
         from boxforge.export.classifier import export_classifier
 
         _given("classify", {"--score-thresh": score_thresh, "--iou-thresh": iou_thresh, "--max-det": max_det})
+        if out is None:
+            raise BoxforgeError("export needs --out MODEL.onnx")
         return export_classifier(loaded, out, opset=opset, dynamic_batch=dynamic_batch, check_images=check_images,
                                  check=check)
-    from boxforge.export import export_onnx as export_detector
+    return export_model(loaded, out, format=format, int8=int8, calib=calib, calib_images=calib_images,
+                        int8_max_drop=int8_max_drop, int8_exclude=int8_exclude, half=half, bundle=bundle,
+                        opset=opset, dynamic_batch=dynamic_batch,
+                        score_thresh=0.001 if score_thresh is None else score_thresh, iou_thresh=iou_thresh,
+                        max_det=100 if max_det is None else max_det, check_images=check_images, check=check)
 
-    return export_detector(loaded, out, opset=opset, dynamic_batch=dynamic_batch,
-                           score_thresh=0.001 if score_thresh is None else score_thresh, iou_thresh=iou_thresh,
-                           max_det=100 if max_det is None else max_det, check_images=check_images, check=check)
 
 
 def audit(data: str | Path | list[str | Path], *, out: str | Path, time: float | None = None,

@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=TARGETS, default="voc")
     p.add_argument("--task", choices=("detect", "classify"), default="detect")
+    p.add_argument("--objects", type=_int_range, metavar="MIN:MAX", help="detection: shapes per image, e.g. 20:40 "
+                   "for a dense set (default 1:6; fewer are placed where they would hide earlier ones)")
+    p.add_argument("--object-size", type=_float_range, metavar="MIN:MAX", help="detection: shape size as a "
+                   "fraction of the image's short side, e.g. 0.03:0.1 for small objects (default 0.08:0.6)")
     p = sub.add_parser("pack", help="decode a detection dataset once into a memory-mapped, checksummed cache",
                        description="Write DATA's decoded (optionally pre-resized) images and index into the new "
                                    "folder OUT; `train --data OUT` then reads it without decoding any JPEG.")
@@ -234,6 +238,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    "input size, drawn per batch from (seed, epoch, iteration); validation, checkpoints and export "
                    f"stay at the input size (no value: {MULTI_SCALE_DEFAULT[0]}:{MULTI_SCALE_DEFAULT[1]}, about darknet's "
                    "random=1; default: off)")
+    p.add_argument("--gpu-augment", choices=("auto", "on", "off"), help="detectors: run the SSD augmentation "
+                   "(zoom out, IoU crop, flip, resize, colour) on the training device, the data workers only "
+                   "drawing its random parameters and sending uint8 images; the same draws as the worker path, pixels "
+                   "within 1 of 255 on CPU (auto, the default: on with CUDA and no --mosaic, off on CPU; on refuses "
+                   "--mosaic; GPU speed not yet measured)")
     p.add_argument("--cache", choices=("auto", "ram", "off"), help="keep each decoded training image in memory "
                    "(longer side at most 2 x img size), in every worker: ram (refused above 25%% of physical RAM), "
                    "auto (default: ram when it fits in 10%% of RAM), off")
@@ -381,21 +390,41 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-draw", action="store_true", help="do not write drawn images")
     _model_run_args(p)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (NMS inside the graph), parity-checked",
-                       description="Write an ONNX model: input images (B, 3, S, S) float RGB 0..1; outputs boxes "
-                                   "(B, K, 4) in input pixels, scores, labels (0-based), num_detections. Metadata "
-                                   "holds img_size, class_names, normalization, postprocess. The export is checked "
-                                   "against the checkpoint; a mismatch is an error (exit status 2).")
+    p = sub.add_parser("export", help="export a checkpoint to ONNX or OpenVINO (NMS inside the graph, thresholds "
+                       "at run time), parity-checked; INT8, fp16, a standalone bundle",
+                       description="Write an ONNX model: input images (B, 3, S, S) float RGB 0..1, and for detectors "
+                                   "score_thresh, iou_thresh, max_det (optional inputs with the export's values as "
+                                   "defaults, so predict/eval set them at run time); outputs boxes (B, K, 4) in input "
+                                   "pixels, scores, labels (0-based), num_detections. Metadata holds img_size, "
+                                   "class_names, normalization, postprocess. The export is checked against the "
+                                   "checkpoint; a mismatch is an error (exit status 2).")
     p.add_argument("--weights", type=Path, required=True, metavar="CKPT")
-    p.add_argument("--out", type=Path, required=True, metavar="MODEL.onnx")
+    p.add_argument("--out", metavar="PATH", help="MODEL.onnx; with --format openvino PATH.xml + PATH.bin "
+                   "(into PATH/model.xml when PATH is a folder); required unless --bundle")
+    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx", help="detectors: onnx (default) or an "
+                   "OpenVINO IR (pip install 'boxforge[openvino]')")
+    p.add_argument("--int8", action="store_true", help="detectors: INT8 static quantization calibrated on --calib "
+                   "(ONNX: onnxruntime QDQ; OpenVINO: NNCF); then the INT8 file and the checkpoint are scored on "
+                   "DATA's held-out split (COCO AP and VOC12 mAP printed)")
+    p.add_argument("--calib", nargs="+", metavar="DATA", help="dataset for --int8: calibration images from its "
+                   "train split, scoring on its held-out split (the split policy's, as eval)")
+    p.add_argument("--calib-images", type=int, default=100, metavar="N", help="calibration images (default 100)")
+    p.add_argument("--int8-max-drop", type=float, default=1.0, metavar="POINTS", help="warn, naming the layers "
+                   "with the most quantization noise, when INT8 loses more COCO AP points than this (default 1)")
+    p.add_argument("--int8-exclude", nargs="+", metavar="NODE", help="ONNX node names to keep in float")
+    p.add_argument("--half", action="store_true", help="detectors: float16 ONNX for GPU runtimes (inputs and "
+                   "outputs stay float32; runs on CPU too, not faster)")
+    p.add_argument("--bundle", type=Path, metavar="DIR", help="detectors: write DIR/model.onnx, a standalone "
+                   "DIR/predict.py (needs only onnxruntime, numpy, pillow) and DIR/README.md")
     p.add_argument("--img-size", type=int, help="input size (default: the checkpoint's)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 11 (default 17)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 15 to 18 (default 18, what torch's exporter "
+                   "writes; lower ones are converted down)")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
-    p.add_argument("--score-thresh", type=float, help="detectors: baked in (default 0.001, right for mAP; "
-                   "predict can raise it later)")
-    p.add_argument("--iou-thresh", type=float, help="detectors: NMS IoU, baked in (default: the model's, "
-                   "usually 0.45)")
-    p.add_argument("--max-det", type=int, help="detectors: baked in (default 100)")
+    p.add_argument("--score-thresh", type=float, help="detectors: default of the graph's score_thresh input "
+                   "(default 0.001, right for mAP; predict feeds its own)")
+    p.add_argument("--iou-thresh", type=float, help="detectors: default of the graph's NMS iou_thresh input "
+                   "(default: the model's, usually 0.45)")
+    p.add_argument("--max-det", type=int, help="detectors: default of the graph's max_det input (default 100)")
     p.add_argument("--check-images", nargs="+", type=Path, metavar="IMAGE", help="parity check images "
                    "(default: 4 synthetic ones)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check")
@@ -459,10 +488,13 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    calib = args.calib if args.calib is None or len(args.calib) > 1 else args.calib[0]
     report = api.export_onnx(args.weights, args.out, img_size=args.img_size, opset=args.opset,
                              dynamic_batch=args.dynamic_batch, score_thresh=args.score_thresh,
                              iou_thresh=args.iou_thresh, max_det=args.max_det, check_images=args.check_images,
-                             check=not args.no_check, prefer_ema=not args.no_ema)
+                             check=not args.no_check, prefer_ema=not args.no_ema, format=args.format, int8=args.int8,
+                             calib=calib, calib_images=args.calib_images, int8_max_drop=args.int8_max_drop,
+                             int8_exclude=args.int8_exclude, half=args.half, bundle=args.bundle)
     print(report.summary())
     return EXIT_OK
 
@@ -531,9 +563,27 @@ def _run_pack(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _pair(text: str, kind: type) -> tuple:
+    low, sep, high = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return kind(low), kind(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MIN:MAX ({kind.__name__}s)") from None
+
+
+def _int_range(text: str) -> tuple[int, int]:
+    return _pair(text, int)
+
+
+def _float_range(text: str) -> tuple[float, float]:
+    return _pair(text, float)
+
+
 def _run_synth(args: argparse.Namespace) -> int:
     index = api.synth(args.out, images=args.images, classes=args.classes, seed=args.seed, format=args.format,
-                      task=args.task)
+                      task=args.task, objects=args.objects, object_size=args.object_size)
     what = f"{index.num_objects} objects" if index.task == "detect" else "class folders"
     print(f"synthesized {len(index)} images, {what}, classes {', '.join(index.classes)} -> {args.out}")
     return EXIT_OK

@@ -21,6 +21,7 @@ SCHEDULES = ("cosine", "multistep", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 ANCHORS = ("default", "auto")
 AUTO_AUGMENTS = ("autoaugment", "randaugment", "trivialaugment", "augmix")  # as data/transforms.py
+GPU_AUGMENTS = ("auto", "on", "off")  # --gpu-augment (engine/tasks.py augment_on_device)
 MULTI_SCALE_DEFAULT = (0.7, 1.3)  # --multi-scale alone: darknet's random=1 spread (engine/multiscale.py)
 
 
@@ -81,6 +82,9 @@ class TrainConfig:
     keep_memory: bool = True  # CPU: glibc malloc keeps freed blocks, no page faults per step (engine/malloc.py)
     sync_bn: bool = False  # torchrun: BatchNorm statistics over all ranks (torchvision references' --sync-bn)
     mosaic: float = 0.0  # detectors: probability that a training sample is a 4-image mosaic (data/mosaic.py)
+    # detectors: the SSD augmentation applied on the training device, workers only drawing its parameters
+    # (data/device_augment.py): "on", "off", or "auto" (on with CUDA and no --mosaic; off on CPU)
+    gpu_augment: str = "auto"
     cache: str = "auto"  # "ram" / "auto" (when it fits in 10% of RAM) / "off": decoded images in memory (data/cache.py)
     # detectors: [min, max] fractions of img_size; each batch trains at a size drawn from the multiples of 32 between
     # (engine/multiscale.py); None (or False): off; True: MULTI_SCALE_DEFAULT, written out by validate()
@@ -119,6 +123,8 @@ class TrainConfig:
             raise BoxforgeError(f"--on-disk-full {self.on_disk_full!r}; choose one of: stop, continue")
         if not 0.0 <= self.mosaic <= 1.0:
             raise BoxforgeError(f"--mosaic {self.mosaic}: a probability, allowed 0 <= p <= 1")
+        if self.gpu_augment not in GPU_AUGMENTS:
+            raise BoxforgeError(f"--gpu-augment {self.gpu_augment!r}; choose one of: {', '.join(GPU_AUGMENTS)}")
         if self.cache not in ("ram", "auto", "off"):
             raise BoxforgeError(f"--cache {self.cache!r}; choose one of: ram, auto, off")
         self._check_multi_scale()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,52 @@ def test_classification_tree(tmp_path: Path) -> None:
 def test_classification_needs_every_class_in_both_splits(tmp_path: Path) -> None:
     with pytest.raises(BoxforgeError, match="images=5"):
         synthesize_classification(tmp_path / "c", images=5, classes=3)
+
+
+# sha256 of the annotations, split lists and class list synth wrote for these settings before --objects existed
+# (XML and text only: JPEG bytes depend on the installed encoder)
+DEFAULT_ANNOTATIONS_SHA256 = "82492929d806ee3394f39581e43308a148868582675805c3334cd7c9b4214164"
+
+
+def test_default_shapes_are_the_ones_synth_always_drew(det) -> None:
+    import hashlib
+
+    out, _ = det
+    digest = hashlib.sha256()
+    for p in sorted(out.rglob("*")):
+        if p.is_file() and p.suffix in (".xml", ".txt"):
+            digest.update(p.relative_to(out).as_posix().encode())
+            digest.update(p.read_bytes())
+    assert digest.hexdigest() == DEFAULT_ANNOTATIONS_SHA256
+
+
+def test_dense_small_objects_on_request(tmp_path: Path) -> None:
+    index = synthesize_detection(tmp_path / "dense", images=6, classes=3, seed=0, image_size=(320, 320),
+                                 objects=(20, 40), object_size=(0.03, 0.1))
+    counts = [len(s.boxes) for s in index.samples]
+    assert min(counts) >= 15 and np.mean(counts) >= 20, counts  # a few are refused where they would hide others
+    for s in index.samples:
+        short = min(s.width, s.height)
+        sides = np.maximum(s.boxes[:, 2] - s.boxes[:, 0], s.boxes[:, 3] - s.boxes[:, 1])
+        assert sides.max() <= 0.1 * short * 1.16 + 1  # the aspect draw stretches a side by up to sqrt(1.33)
+        assert np.median(sides) >= 0.03 * short * 0.8
+    assert read_voc(index.root, split="train").num_objects > 0
+
+
+@pytest.mark.parametrize("options, message", [({"objects": (0, 5)}, "objects=(0, 5)"),
+                                              ({"objects": (5, 2)}, "MIN <= MAX"),
+                                              ({"object_size": (0.5, 2.0)}, "MAX <= 1"),
+                                              ({"object_size": (0.0, 0.1)}, "MIN > 0")])
+def test_shape_options_are_checked(tmp_path: Path, options: dict, message: str) -> None:
+    with pytest.raises(BoxforgeError, match=re.escape(message)):
+        synthesize_detection(tmp_path / "x", images=2, **options)
+
+
+def test_cli_takes_min_max_pairs(tmp_path: Path, capsys) -> None:
+    from boxforge.cli import main
+
+    assert main(["synth", str(tmp_path / "d"), "--images", "3", "--objects", "8:8", "--object-size", "0.05:0.1"]) == 0
+    assert "synthesized 3 images" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["synth", str(tmp_path / "e"), "--objects", "8-9"])
+    assert "expected MIN:MAX" in capsys.readouterr().err

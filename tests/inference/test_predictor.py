@@ -82,8 +82,7 @@ def test_backend_is_chosen_by_content_and_settings_apply(untrained_ckpt: Path, e
     renamed.write_bytes(exported.read_bytes())
     onnx_backend = load_model(renamed, "cpu").backend
     onnx_backend.configure(score_thresh=0.0001, iou_thresh=0.6)
-    assert isinstance(onnx_backend, OnnxDetector)
-    assert any("score threshold" in n for n in onnx_backend.notes)
-    assert any("fixed in the graph" in n for n in onnx_backend.notes)
+    assert isinstance(onnx_backend, OnnxDetector) and onnx_backend.runtime and not onnx_backend.notes
+    assert onnx_backend.meta.postprocess["nms_thresh"] == 0.6 and onnx_backend.meta.postprocess["score_thresh"] == 1e-4
     with pytest.raises(BoxforgeError, match="ONNX"):
         load_detector(exported)

@@ -173,8 +173,15 @@ def _save(image: Image.Image, path: Path) -> None:
     image.save(path, format="JPEG", quality=_JPEG_QUALITY)
 
 
-def _place_objects(rng: np.random.Generator, canvas: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Draw 1 to 6 shapes into `canvas`; return boxes (N, 4) float32 xyxy (x2, y2 exclusive) and labels (N,).
+DEFAULT_OBJECTS = (1, 6)  # shapes tried per image, inclusive
+DEFAULT_OBJECT_SIZE = (0.08, 0.6)  # a shape's size as a fraction of the image's short side
+
+
+def _place_objects(rng: np.random.Generator, canvas: np.ndarray, names: list[str],
+                   objects: tuple[int, int] = DEFAULT_OBJECTS,
+                   object_size: tuple[float, float] = DEFAULT_OBJECT_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Draw `objects` (min, max) shapes into `canvas`; return boxes (N, 4) float32 xyxy (x2, y2 exclusive) and
+    labels (N,). Fewer may be placed in a crowded image (see below).
 
     Boxes are tight around each shape's full mask, even where later shapes cover
     it; a shape is not placed if it would hide more than _MAX_COVERED of an earlier one.
@@ -186,10 +193,10 @@ def _place_objects(rng: np.random.Generator, canvas: np.ndarray, names: list[str
     boxes: list[list[float]] = []
     labels: list[int] = []
     short = min(width, height)
-    for _ in range(int(rng.integers(1, 7))):
+    for _ in range(int(rng.integers(objects[0], objects[1] + 1))):
         for _attempt in range(10):
             label = int(rng.integers(len(names)))
-            size, aspect = rng.uniform(0.08, 0.6) * short, np.sqrt(rng.uniform(0.75, 1.33))
+            size, aspect = rng.uniform(*object_size) * short, np.sqrt(rng.uniform(0.75, 1.33))
             w, h = min(max(round(size * aspect), 6), width), min(max(round(size / aspect), 6), height)
             x0, y0 = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
             mask = shape_mask(names[label], w, h)
@@ -207,12 +214,14 @@ def _place_objects(rng: np.random.Generator, canvas: np.ndarray, names: list[str
     return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
 
 
-def _detection_sample(out: Path, number: int, seed: int, names: list[str], size: tuple[int, int]) -> Sample:
+def _detection_sample(out: Path, number: int, seed: int, names: list[str], size: tuple[int, int],
+                      objects: tuple[int, int] = DEFAULT_OBJECTS,
+                      object_size: tuple[float, float] = DEFAULT_OBJECT_SIZE) -> Sample:
     """Make, save and describe one detection image; its size varies by up to 10% around `size`."""
     rng = _rng(seed, _IMAGE_STREAM, number)
     width, height = (max(32, round(s * rng.uniform(0.9, 1.1))) for s in size)
     canvas = _background(rng, width, height)
-    boxes, labels = _place_objects(rng, canvas, names)
+    boxes, labels = _place_objects(rng, canvas, names, objects, object_size)
     image_id = f"{number:06d}"
     sample = Sample(image_id, out / "JPEGImages" / f"{image_id}.jpg", width=width, height=height, boxes=boxes,
                     labels=labels, annotation_path=out / "Annotations" / f"{image_id}.xml")
@@ -221,19 +230,36 @@ def _detection_sample(out: Path, number: int, seed: int, names: list[str], size:
     return sample
 
 
+def check_range(name: str, value: object, *, integer: bool, low: float, high: float | None = None) -> None:
+    """A (min, max) pair with low <= min <= max (<= high), or one line saying what is allowed."""
+    kind = "integers" if integer else "numbers"
+    allowed = f"two {kind} MIN <= MAX, MIN >= {low:g}" + (f", MAX <= {high:g}" if high is not None else "")
+    ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, int) if integer else isinstance(v, (int, float)) for v in value)
+    if not ok or not low <= value[0] <= value[1] or (high is not None and value[1] > high) \
+            or (not integer and value[0] <= 0):
+        raise BoxforgeError(f"synth: {name}={value!r}; allowed: {allowed}" + ("" if integer else " and MIN > 0"))
+
+
 def _write_lines(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 
 def synthesize_detection(out: Path, *, images: int = 200, classes: int = 3, seed: int = 0,
-                         image_size: tuple[int, int] = (320, 240), test_fraction: float = 0.2) -> DatasetIndex:
+                         image_size: tuple[int, int] = (320, 240), test_fraction: float = 0.2,
+                         objects: tuple[int, int] = DEFAULT_OBJECTS,
+                         object_size: tuple[float, float] = DEFAULT_OBJECT_SIZE) -> DatasetIndex:
     """Write a synthetic detection set as a Pascal VOC root at `out` and return its index.
 
     Layout: JPEGImages/<id>.jpg, Annotations/<id>.xml, ImageSets/Main/{train,trainval,test}.txt
     (trainval equals train, for tools that look for it), classes.txt. Boxes are integer
     pixels x1, y1, x2, y2 with 0 <= x1 < x2 <= width (x2, y2 exclusive). Class = shape kind.
+    objects (min, max shapes tried per image) and object_size (min, max fraction of the short side) make
+    dense sets of small objects (e.g. (20, 40) and (0.03, 0.1)); the defaults give the same images as ever.
     """
+    check_range("objects", objects, integer=True, low=1)
+    check_range("object_size", object_size, integer=False, low=0.0, high=1.0)
     names = _class_names(classes)
     _check_positive("images", images)
     _check_positive("seed", seed, minimum=0)
@@ -242,9 +268,13 @@ def synthesize_detection(out: Path, *, images: int = 200, classes: int = 3, seed
     if not 0 <= test_fraction < 1:
         raise BoxforgeError(f"synth: test_fraction={test_fraction!r}; allowed: 0 <= test_fraction < 1")
     out = Path(out).resolve()
-    _prepare_out(out, {"kind": "detect", "images": images, "classes": classes, "seed": seed,
-                       "image_size": list(image_size), "test_fraction": test_fraction})
-    samples = [_detection_sample(out, i, seed, names, image_size) for i in range(images)]
+    params: dict[str, object] = {"kind": "detect", "images": images, "classes": classes, "seed": seed,
+                                 "image_size": list(image_size), "test_fraction": test_fraction}
+    if tuple(objects) != DEFAULT_OBJECTS or tuple(object_size) != DEFAULT_OBJECT_SIZE:
+        params.update(objects=list(objects), object_size=list(object_size))
+    _prepare_out(out, params)
+    samples = [_detection_sample(out, i, seed, names, image_size, tuple(objects), tuple(object_size))
+               for i in range(images)]
     ids = [s.image_id for s in samples]
     n_test = min(round(images * test_fraction), images - 1)
     test = sorted(_rng(seed, _SPLIT_STREAM).permutation(ids)[:n_test].tolist())

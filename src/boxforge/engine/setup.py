@@ -229,7 +229,7 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, device: torch.device, run_dir:
     train_index, val_index = chosen.train, chosen.val
     for line in chosen.summary() + chosen.notes:
         log.print(line)
-    task = make_task(cfg, train_index.classes)
+    task = make_task(cfg, train_index.classes, device)
     for what, index in (("training", train_index), ("validation", val_index)):
         if index is not None:
             check_index_task(task, index, what)
@@ -250,6 +250,9 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, device: torch.device, run_dir:
     sampler = ResumableSampler(len(train_index), batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
                                rank=info.rank, world_size=info.world_size)
     dataset = SeededDataset(task.train_dataset(train_index, int(model.img_size)))
+    if getattr(task, "recipe", None) is not None:
+        log.print(f"--gpu-augment: the SSD augmentation runs on {device} in the training process; the data workers "
+                  f"draw its parameters and send uint8 images")
     loader = make_loader(dataset, cfg.batch_size, workers=cfg.workers, sampler=sampler, timeout=cfg.stall_timeout,
                          collate_fn=task.collate, pin_memory=device.type == "cuda")
     if info.enabled and cfg.sync_bn:

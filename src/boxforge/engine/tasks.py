@@ -26,6 +26,7 @@ from torchvision.transforms import v2
 
 from boxforge.config import TrainConfig
 from boxforge.data.index import DatasetIndex
+from boxforge.data.device_augment import PARAMS_KEY, SSDDraw, SSDRecipe, apply_ssd
 from boxforge.data.loading import ClassificationDataset, DetectionDataset, detection_collate
 from boxforge.data.transforms import classification_transforms, detection_transforms
 from boxforge.errors import BoxforgeError
@@ -69,10 +70,23 @@ def resolve_task(cfg: TrainConfig) -> str:
     return cfg.task
 
 
-def make_task(cfg: TrainConfig, classes: list[str]) -> Task:
-    """The task object for this run; `classes` are the dataset's (and the model's) class names."""
+def make_task(cfg: TrainConfig, classes: list[str], device: torch.device | None = None) -> Task:
+    """The task object for this run; `classes` are the dataset's (and the model's) class names; `device` the
+    training device (None: not known, e.g. a plan; --gpu-augment auto is then off)."""
     name = resolve_task(cfg)
-    return ClassifyTask(cfg, len(classes)) if name == "classify" else DetectTask(cfg)
+    return ClassifyTask(cfg, len(classes)) if name == "classify" else DetectTask(cfg, device)
+
+
+def augment_on_device(cfg: TrainConfig, device: torch.device | None) -> bool:
+    """--gpu-augment: on, off, or auto: on only when training on CUDA without --mosaic.
+
+    Off on CPU by default, so CPU runs keep the worker path exactly (on CPU the device path gives the same
+    numbers but moves the pixel work from the workers into the training process, which only pays on a GPU).
+    With --mosaic the canvas is built and resized in the worker anyway, so auto leaves that recipe alone.
+    """
+    if cfg.gpu_augment == "auto":
+        return device is not None and device.type == "cuda" and cfg.mosaic == 0
+    return cfg.gpu_augment == "on"
 
 
 def check_index_task(task: Task, index: DatasetIndex, what: str) -> None:
@@ -90,19 +104,35 @@ class DetectTask:
     best_key, best_label = BEST_METRIC["detect"]
     collate = staticmethod(detection_collate)
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, device: torch.device | None = None) -> None:
         self.cfg = cfg
         self.best_key, self.best_label = DETECT_BEST[cfg.best_metric]
+        if cfg.gpu_augment == "on" and cfg.mosaic > 0:
+            raise BoxforgeError(f"--gpu-augment on with --mosaic {cfg.mosaic:g}: the mosaic canvas is built in the "
+                                "data workers from augmented images; use one or the other (auto leaves mosaic "
+                                "runs on the worker path)")
+        self.augment_on_device = augment_on_device(cfg, device)
+        self.recipe: SSDRecipe | None = None  # set by train_dataset when the augmentation runs in to_device
 
     def train_dataset(self, index: DatasetIndex, img_size: int) -> Dataset:
+        """The SSD recipe per sample in the workers; with --gpu-augment on, the workers only draw its parameters
+        (SSDDraw) and `to_device` applies them (data/device_augment.py)."""
         from boxforge.data.cache import attach_cache
         from boxforge.data.mosaic import MosaicDataset
 
-        dataset = DetectionDataset(index, detection_transforms(True, img_size), strict=self.cfg.strict_data)
+        transform: Any = detection_transforms(True, img_size)
+        if self.augment_on_device:
+            self.recipe = SSDRecipe.from_compose(transform)
+            transform = SSDDraw(self.recipe)
+        dataset = DetectionDataset(index, transform, strict=self.cfg.strict_data)
         attach_cache(dataset, self.cfg.cache, img_size, workers=self.cfg.workers)
         return MosaicDataset(dataset, img_size, self.cfg.mosaic) if self.cfg.mosaic > 0 else dataset
 
     def to_device(self, images: Any, targets: list[dict[str, Any]], device: torch.device) -> tuple[Any, Any]:
+        if self.recipe is not None and targets and PARAMS_KEY in targets[0]:
+            images = images.to(device, non_blocking=True) if isinstance(images, Tensor) else images
+            images, targets = apply_ssd(list(images), targets, self.recipe, device)
+            return images, [{"boxes": t["boxes"], "labels": t["labels"], "image_id": t["image_id"]} for t in targets]
         images = (images.to(device, non_blocking=True) if isinstance(images, Tensor)
                   else [im.to(device) for im in images])
         targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device), "image_id": t["image_id"]}
@@ -143,6 +173,9 @@ class ClassifyTask:
     collate = None  # torch's default: (B, 3, S, S) float images, (B,) int64 labels
 
     def __init__(self, cfg: TrainConfig, num_classes: int) -> None:
+        if cfg.gpu_augment == "on":
+            raise BoxforgeError("--gpu-augment on is for detectors (the SSD recipe); a classifier's recipe runs in "
+                                "the data workers; allowed here: auto or off")
         if cfg.freeze:
             raise BoxforgeError(f"--freeze {cfg.freeze} is for detectors; to fine-tune only a classifier's last "
                                 "layer, train it with a small --lr instead")

@@ -11,7 +11,6 @@ agree (same top-1, probabilities within PARITY_ATOL); a mismatch is an error and
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from boxforge.data.images import read_image
 from boxforge.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from boxforge.export.onnx import DEFAULT_OPSET, ExportError, save_with_metadata
+from boxforge.export.trace import MIN_OPSET, to_onnx
 from boxforge.files import atomic_path
 from boxforge.inference.backends import ModelMeta, OnnxClassifier, OnnxSession
 from boxforge.inference.batches import classifier_input
@@ -57,6 +57,8 @@ def export_classifier(loaded: LoadedModel, out: str | Path, *, opset: int = DEFA
     """Write `out` (.onnx) from the loaded classification checkpoint and check it (see module docstring).
 
     The crop size is the one `loaded` was opened with (torchvision classifiers pool adaptively)."""
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset}: torch's exporter converts down to opset {MIN_OPSET} at the lowest")
     model, meta = loaded.module, loaded.meta
     size = int(meta.img_size)
     out = Path(out)
@@ -69,15 +71,8 @@ def export_classifier(loaded: LoadedModel, out: str | Path, *, opset: int = DEFA
 
 def _trace(model: ProbabilityModel, path: Path, size: int, opset: int, dynamic_batch: bool) -> None:
     example = torch.rand(2 if dynamic_batch else 1, 3, size, size)
-    axes = {"images": {0: "batch"}, "probabilities": {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
-                              input_names=["images"], output_names=["probabilities"], dynamic_axes=axes,
-                              do_constant_folding=True)
-        except Exception as exc:  # the exporter raises many types; one line is what the user needs
-            raise ExportError(f"ONNX export failed (opset {opset}): {str(exc).splitlines()[0]}") from exc
+    to_onnx(model, (example,), path, input_names=["images"], output_names=["probabilities"], opset=opset,
+            dynamic_batch=dynamic_batch)
 
 
 def _write_metadata(path: Path, meta: ModelMeta, size: int) -> None:

@@ -1,6 +1,6 @@
 """Open a trained model once: one file check, one `torch.load` (or one ONNX session) -> `LoadedModel`.
 
-    loaded = load_model("runs/train/best.pt", "cpu")    # or an exported .onnx
+    loaded = load_model("runs/train/best.pt", "cpu")    # or an exported .onnx, or an OpenVINO .xml
     loaded.task          # "detect" or "classify", read from the file itself
     loaded.backend.run(batch)
 
@@ -25,12 +25,13 @@ from boxforge.checkpoint import load_checkpoint
 from boxforge.devices import resolve_device
 from boxforge.errors import BoxforgeError, CheckpointError
 from boxforge.inference.backends import (TASKS, Backend, ModelMeta, OnnxClassifier, OnnxDetector, OnnxSession,
-                                         TorchClassifier, TorchDetector)
+                                         OpenVinoSession, TorchClassifier, TorchDetector)
 from boxforge.models import get_model
 from boxforge.models.classification import ProbabilityModel
 
 EMA_PREFIX = "module."
 ONNX_MAGIC = b"\x08"  # an ONNX protobuf starts with field 1 (ir_version)
+XML_MAGIC = (b"<?xm", b"<net")  # an OpenVINO IR's .xml
 TORCH_MAGIC = (b"PK", b"\x80")  # torch.save writes a zip; very old files a pickle
 
 
@@ -60,7 +61,8 @@ class LoadedModel:
 
 
 def file_kind(path: str | Path) -> str:
-    """"onnx" or "checkpoint", from the file's first bytes (and the .onnx suffix); one error for anything else."""
+    """"onnx", "openvino" or "checkpoint", from the file's first bytes (and its suffix); one error for anything
+    else."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
@@ -68,10 +70,12 @@ def file_kind(path: str | Path) -> str:
         head = fh.read(4)
     if path.suffix.lower() == ".onnx" or head[:1] == ONNX_MAGIC:
         return "onnx"
+    if path.suffix.lower() == ".xml" or head in XML_MAGIC:
+        return "openvino"
     if head[:2] == TORCH_MAGIC[0] or head[:1] == TORCH_MAGIC[1]:
         return "checkpoint"
     raise CheckpointError(f"{path}: not a readable checkpoint (not a torch file: starts with {head!r}) nor an "
-                          "exported .onnx model")
+                          "exported .onnx or OpenVINO .xml model")
 
 
 def peek_task(path: str | Path) -> str:
@@ -86,6 +90,8 @@ def peek_task(path: str | Path) -> str:
         except Exception as exc:  # onnx raises its own untyped errors
             raise BoxforgeError(f"{path}: not a loadable ONNX model: {str(exc).splitlines()[0]}") from exc
         return props.get("task", "detect")
+    if file_kind(path) == "openvino":
+        return OpenVinoSession(path, torch.device("cpu")).task
     return str(load_checkpoint(path, mmap=True).get("task", "detect"))
 
 
@@ -150,7 +156,8 @@ def _expect(found: str, task: str | None, path: Path, kind: str) -> None:
 
 def load_model(path: str | Path, device: str | torch.device | None = "cpu", *, task: str | None = None,
                prefer_ema: bool = True, img_size: int | None = None, threads: int | None = None) -> LoadedModel:
-    """Open a boxforge checkpoint (run with PyTorch) or an exported `.onnx` (onnxruntime), once.
+    """Open a boxforge checkpoint (run with PyTorch), an exported `.onnx` (onnxruntime) or an OpenVINO `.xml`
+    (OpenVINO, the optional extra `boxforge[openvino]`), once.
 
     task: the task the caller needs ("detect" or "classify"; None: whatever the file holds).
     img_size: the input (classifiers: centre-crop) size to run at; an ONNX file runs only at its export's.
@@ -162,9 +169,9 @@ def load_model(path: str | Path, device: str | torch.device | None = "cpu", *, t
     check_img_size(img_size)
     kind = file_kind(path)
     dev = resolve_device(device)
-    if kind == "onnx":
-        session = OnnxSession(path, dev, threads)
-        _expect(session.task, task, path, kind)
+    if kind in ("onnx", "openvino"):
+        session = (OnnxSession if kind == "onnx" else OpenVinoSession)(path, dev, threads)
+        _expect(session.task, task, path, "onnx")
         session.check_size(img_size)
         return LoadedModel(OnnxDetector(session) if session.task == "detect" else OnnxClassifier(session))
     state = read_state(path)

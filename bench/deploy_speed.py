@@ -1,0 +1,158 @@
+"""Deployment formats of one trained detector: speed and COCO AP of each, all in one run.
+
+For a trained checkpoint (e.g. bench/accuracy.py's yolo_csp on raccoon) and its dataset: PyTorch eager (the
+checkpoint), onnxruntime fp32, onnxruntime INT8 (`export --int8`), OpenVINO fp32 and OpenVINO INT8 (NNCF),
+each exported by boxforge here, calibrated on --calib-images of the train split, timed at batch 1 and 8 on
+the test split's preprocessed images (ms per image: median and min/max over --repeats timed runs, the same
+--threads everywhere; decoding not included), and scored by the one evaluator on the held-out split (COCO
+AP, VOC12). Optionally a peer ONNX file (--peer NAME=FILE, e.g. YOLO26n exported by Ultralytics at the same
+input size, an external program: `yolo export model=yolo26n.yaml format=onnx imgsz=256`) is timed on the
+same inputs with onnxruntime; its accuracy is not measured here (it is untrained unless you pass trained weights).
+
+    .venv/bin/python bench/deploy_speed.py --weights runs/bench-accuracy/default/last.pt \
+        --data ../shared/datasets/raccoon [--threads 2] [--repeats 20] [--peer yolo26n=yolo26n.onnx]
+
+Prints a table and writes bench/results/deploy_speed.json. The goal it checks (issue 20): the fastest CPU
+export at least 3x eager at batch 1 with at most 1 point of COCO AP lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write  # noqa: E402
+
+import boxforge  # noqa: E402
+from boxforge.inference import load_model  # noqa: E402
+
+BATCHES = (1, 8)
+
+
+def spread(fn, repeats: int, warmup: int = 3) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+def test_batch(data: str, size: int, count: int) -> torch.Tensor:
+    """(count, 3, size, size) of the held-out split's images, preprocessed as predict does."""
+    from boxforge.data.formats.detect import load_dataset
+    from boxforge.data.splits import plan_splits
+    from boxforge.inference.batches import ImageSource, detection_input, iter_batches
+
+    plan = plan_splits(data)
+    index = load_dataset(data, split=plan.test)
+    source = ImageSource.index(index)
+    images = [item[1] for batch in iter_batches(source, detection_input(size), batch_size=16) for item in batch
+              if item[1] is not None]
+    return torch.stack(images[:count])
+
+
+def package(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", required=True, help="a trained detection checkpoint")
+    parser.add_argument("--data", required=True, help="its dataset (calibration: train split; scoring: held-out)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs at batch 1 (batch 8: a quarter)")
+    parser.add_argument("--calib-images", type=int, default=100)
+    parser.add_argument("--peer", action="append", default=[], metavar="NAME=ONNX")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results, rows = [], []
+    size = load_model(args.weights, "cpu").meta.img_size
+    images = test_batch(args.data, size, max(BATCHES))
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"pytorch eager": Path(args.weights)}
+        files["onnxruntime fp32"] = boxforge.export_onnx(args.weights, Path(tmp) / "fp32.onnx",
+                                                         dynamic_batch=True).path
+        files["onnxruntime int8"] = boxforge.export_onnx(args.weights, Path(tmp) / "int8.onnx", dynamic_batch=True,
+                                                         int8=True, calib=args.data,
+                                                         calib_images=args.calib_images).path
+        if package("openvino"):
+            files["openvino fp32"] = boxforge.export_onnx(args.weights, Path(tmp) / "ov", format="openvino",
+                                                          dynamic_batch=True).path
+            if package("nncf"):
+                files["openvino int8"] = boxforge.export_onnx(args.weights, Path(tmp) / "ov8", format="openvino",
+                                                              dynamic_batch=True, int8=True, calib=args.data,
+                                                              calib_images=args.calib_images).path
+        loaded = {name: load_model(path, "cpu", threads=args.threads) for name, path in files.items()}
+        for name, model in loaded.items():
+            backend = model.backend
+            backend.configure(score_thresh=0.001, iou_thresh=None, max_det=100)
+            ev = boxforge.evaluate(args.data, weights=files[name], metrics=["coco", "voc12"], progress=False)
+            entry = {"format": name, "img_size": size, "coco_AP": float(ev.results["coco"]["AP"]),
+                     "voc12_map": float(ev.results["voc12"]["map"]), "eval_images": ev.images, "timing": {}}
+            for batch in BATCHES:
+                x = images[:batch]
+                repeats = max(3, args.repeats // (4 if batch > 1 else 1))
+                with torch.no_grad():
+                    t = spread(lambda: backend.run(x), repeats)
+                entry["timing"][f"b{batch}"] = {**t, "ms_per_image": 1000 * t["median_s"] / batch,
+                                                "min_ms_per_image": 1000 * t["min_s"] / batch}
+            results.append(entry)
+        for spec in args.peer:
+            import onnxruntime as ort
+
+            peer, path = spec.split("=", 1)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = args.threads
+            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            shape = session.get_inputs()[0].shape
+            entry = {"format": f"{peer} onnxruntime (peer, not scored)", "img_size": size, "timing": {},
+                     "input_shape": [str(d) for d in shape]}
+            for batch in BATCHES:
+                if isinstance(shape[0], int) and shape[0] != batch:
+                    continue
+                feed = {session.get_inputs()[0].name: images[:batch].numpy().astype(np.float32)}
+                repeats = max(3, args.repeats // (4 if batch > 1 else 1))
+                t = spread(lambda: session.run(None, feed), repeats)
+                entry["timing"][f"b{batch}"] = {**t, "ms_per_image": 1000 * t["median_s"] / batch,
+                                                "min_ms_per_image": 1000 * t["min_s"] / batch}
+            results.append(entry)
+    eager = results[0]
+    for e in results:
+        for b, t in e["timing"].items():
+            t["speedup_vs_eager"] = eager["timing"][b]["median_s"] / t["median_s"]
+            ap = f"COCO AP {e['coco_AP']:.3f} VOC12 {e['voc12_map']:.3f}" if "coco_AP" in e else "not scored"
+            rows.append((f"{e['format']:<34} {b}", f"{t['ms_per_image']:7.2f} ms/img (min {t['min_ms_per_image']:.2f})"
+                         f"  {t['speedup_vs_eager']:5.2f}x eager  {ap}"))
+    exports = [e for e in results[1:] if "coco_AP" in e]
+    within = [e for e in exports if 100 * (eager["coco_AP"] - e["coco_AP"]) <= 1.0]
+    best = max(within, key=lambda e: e["timing"]["b1"]["speedup_vs_eager"], default=None)
+    goal = {"target_speedup_b1": 3.0, "max_ap_drop_points": 1.0,
+            "fastest_within_1_point": best and best["format"],
+            "speedup": best and best["timing"]["b1"]["speedup_vs_eager"],
+            "met": bool(best and best["timing"]["b1"]["speedup_vs_eager"] >= 3.0)}
+    rows.append(("goal: >= 3x eager at b1, <= 1 point COCO AP lost",
+                 f"{'met' if goal['met'] else 'MISSED'}: {goal['fastest_within_1_point']} "
+                 f"{goal['speedup'] or 0:.2f}x"))
+    write("deploy_speed", {"weights": args.weights, "data": args.data, "threads": args.threads,
+                           "calib_images": args.calib_images,
+                           "packages": {p: package(p) for p in ("onnxruntime", "openvino", "nncf", "torch")},
+                           "results": results, "goal": goal}, rows)
+
+
+if __name__ == "__main__":
+    main()
