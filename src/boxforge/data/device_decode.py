@@ -3,7 +3,7 @@
 With the augmentation on the device (data/device_augment.py) a worker's remaining cost is the
 decode. `EncodedDetectionDataset` hands on a plain JPEG's file bytes instead ((L,) uint8, the
 size taken from its header), and `device_augment.apply_ssd` decodes all of a batch's with one
-`torchvision.io.decode_jpeg(list, device=...)` call.
+`torchcodec.decoders.decode_jpeg(list, device=...)` call.
 
 Only baseline RGB or greyscale JPEGs without an EXIF rotation go this way (a rotated one needs
 its orientation applied, which the GPU decoder is not asked to do here); everything else, and
@@ -39,12 +39,19 @@ def read_jpeg_bytes(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[Tensor, i
 
 def decode_jpegs(data: list[Tensor], device: torch.device) -> list[Tensor]:
     """Each (L,) uint8 JPEG decoded to (3, H, W) uint8 RGB on `device`, in one call."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+    cpu = [d.cpu() for d in data]  # the encoded bytes are read on the host, whatever the output device
+    # TorchCodec's decode_jpeg, the decoder read_image uses (torchvision 0.29 deprecates its own): a list is one
+    # batched nvJPEG call on CUDA. Untested on a GPU here. Where TorchCodec's library does not load (read_image
+    # then falls back to PIL), torchvision's decode_jpeg, the same API, does the job.
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except (ImportError, OSError):  # as in images._torchcodec_decoder, which has warned about it already
+        from torchvision.io import ImageReadMode
+        from torchvision.io import decode_jpeg as tv_decode_jpeg
 
-    cpu = [d.cpu() for d in data]  # decode_jpeg reads its input on the host, whatever the output device
-    # torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec; this is the call whose
-    # CUDA path (nvJPEG, batched) is documented today. Untested on a GPU here.
-    out = decode_jpeg(cpu, mode=ImageReadMode.RGB, device=device)
+        out = tv_decode_jpeg(cpu, mode=ImageReadMode.RGB, device=device)
+    else:
+        out = decode_jpeg(cpu, mode="RGB", device=device)
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
