@@ -392,7 +392,8 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX or OpenVINO (NMS inside the graph, thresholds "
                        "at run time), parity-checked; INT8, fp16, a standalone bundle",
-                       description="Write an ONNX model: input images (B, 3, S, S) float RGB 0..1, and for detectors "
+                       description="Write an ONNX model (or, with --format openvino, an OpenVINO IR of it): input "
+                                   "images (B, 3, S, S) float RGB 0..1, and for detectors "
                                    "score_thresh, iou_thresh, max_det (optional inputs with the export's values as "
                                    "defaults, so predict/eval set them at run time); outputs boxes (B, K, 4) in input "
                                    "pixels, scores, labels (0-based), num_detections. Metadata holds img_size, "
@@ -415,7 +416,7 @@ def _inference_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--half", action="store_true", help="detectors: float16 ONNX for GPU runtimes (inputs and "
                    "outputs stay float32; runs on CPU too, not faster)")
     p.add_argument("--bundle", type=Path, metavar="DIR", help="detectors: write DIR/model.onnx, a standalone "
-                   "DIR/predict.py (needs only onnxruntime, numpy, pillow) and DIR/README.md")
+                   "DIR/predict.py (needs only onnxruntime, numpy, pillow), DIR/README.md and DIR/requirements.txt")
     p.add_argument("--img-size", type=int, help="input size (default: the checkpoint's)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 15 to 18 (default 18, what torch's exporter "
                    "writes; lower ones are converted down)")
