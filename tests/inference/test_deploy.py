@@ -20,6 +20,7 @@ from boxforge.cli import main
 from boxforge.errors import BoxforgeError
 from boxforge.export.deploy import check_options
 from boxforge.inference import load_model
+from tests.conftest import SHARED
 
 BUNDLE_PACKAGES = ("onnxruntime", "numpy", "pillow")
 
@@ -104,6 +105,12 @@ def test_int8_options_are_checked_in_one_line(trained: Path, synth: Path, tmp_pa
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "--int8-exclude no_such_node: no such node" in err and "Conv nodes" in err
+    assert not (tmp_path / "m.onnx").exists()
+    other = SHARED / "format-samples" / "roboflow_dataset" / "coco"  # classes label_0, label_1
+    code = main(["export", "--weights", str(trained), "--out", str(tmp_path / "m.onnx"), "--int8", "--calib",
+                 str(other)])
+    err = capsys.readouterr().err.strip()  # refused before any export: no model file, no wasted calibration
+    assert code == 2 and len(err.splitlines()) == 1 and "share no name with the dataset's (label_0, label_1)" in err
     assert not (tmp_path / "m.onnx").exists()
     for options, message in (({"int8": True}, "--int8 needs --calib"), ({"calib": "x"}, "--calib is for --int8"),
                              ({"int8": True, "calib": "x", "half": True}, "choose one precision"),

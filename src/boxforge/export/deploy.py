@@ -107,6 +107,10 @@ def export_model(loaded: LoadedModel, out: str | Path | None, *, format: str = "
         require_openvino(int8)
     if format == "openvino" and str(out).endswith(("/", os.sep)):
         Path(out).mkdir(parents=True, exist_ok=True)  # "--out DIR/": the IR goes into DIR (openvino.ir_path)
+    if int8:
+        from boxforge.export.int8 import check_calib_classes
+
+        check_calib_classes(calib, list(loaded.meta.class_names))
     target = Path(bundle) / "model.onnx" if bundle is not None else Path(out)
     if format == "onnx" and not (int8 or half or bundle is not None):
         return export_onnx(loaded, target, **onnx_options)

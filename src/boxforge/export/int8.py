@@ -96,6 +96,19 @@ class Int8Report:
         return "\n".join(lines)
 
 
+def check_calib_classes(data: Any, classes: list[str], *, format: str | None = None) -> None:
+    """Before any export: --calib DATA must share class names with the model, since its held-out split scores
+    the INT8 file (the same rule, and message, as eval's: inference/evaluate.py)."""
+    from boxforge.data.formats.detect import load_dataset
+    from boxforge.evaluation.predictions import class_mapping
+
+    names = load_dataset(data, format=format).classes
+    if (class_mapping(list(classes), names) < 0).all():
+        raise BoxforgeError(f"--calib {data}: the model's classes ({', '.join(classes)}) share no name with the "
+                            f"dataset's ({', '.join(names)}); --int8 scores the INT8 file on this dataset's "
+                            "held-out split, so it needs the model's own classes")
+
+
 def calibration_batch(data: Any, size: int, count: int, *, format: str | None = None) -> np.ndarray:
     """(N, 3, size, size) float32 in 0..1: `count` images of DATA's training split, spread evenly, preprocessed as
     predict does. An image that cannot be read is skipped; none readable is an error."""
