@@ -19,10 +19,8 @@ export at least 3x eager at batch 1 with at most 1 point of COCO AP lost.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write  # noqa: E402
+from common import timed, write  # noqa: E402
 
 import boxforge  # noqa: E402
 from boxforge.inference import load_model  # noqa: E402
@@ -39,14 +37,10 @@ BATCHES = (1, 8)
 
 
 def spread(fn, repeats: int, warmup: int = 3) -> dict[str, float]:
+    """common.timed after `warmup` untimed calls (first runs allocate and pick kernels)."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+    return timed(fn, repeats)
 
 
 def test_batch(data: str, size: int, count: int) -> torch.Tensor:
