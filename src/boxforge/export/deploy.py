@@ -99,18 +99,7 @@ def export_model(loaded: LoadedModel, out: str | Path | None, *, format: str = "
     onnx.export_onnx (opset, dynamic_batch, score_thresh, iou_thresh, max_det, check_images, check).
     A plain fp32 ONNX export returns its ExportReport."""
     check_options(format=format, int8=int8, calib=calib, half=half, bundle=bundle, task=loaded.task)
-    if out is None and bundle is None:
-        raise BoxforgeError("export needs --out PATH (or --bundle DIR)")
-    if format == "openvino":
-        from boxforge.export.openvino import require_openvino
-
-        require_openvino(int8)
-    if format == "openvino" and str(out).endswith(("/", os.sep)):
-        Path(out).mkdir(parents=True, exist_ok=True)  # "--out DIR/": the IR goes into DIR (openvino.ir_path)
-    if int8:
-        from boxforge.export.int8 import check_calib_classes
-
-        check_calib_classes(calib, list(loaded.meta.class_names))
+    _before_any_work(loaded, out, format=format, int8=int8, calib=calib, bundle=bundle)
     target = Path(bundle) / "model.onnx" if bundle is not None else Path(out)
     if format == "onnx" and not (int8 or half or bundle is not None):
         return export_onnx(loaded, target, **onnx_options)
@@ -153,6 +142,24 @@ def export_model(loaded: LoadedModel, out: str | Path | None, *, format: str = "
 
             report.bundle = write_bundle(Path(bundle), props)
     return report
+
+
+def _before_any_work(loaded: LoadedModel, out: str | Path | None, *, format: str, int8: bool, calib: Any,
+                     bundle: str | Path | None) -> None:
+    """What can be refused from the arguments alone, refused before the export spends a minute: a missing
+    --out, a missing OpenVINO, --calib data of other classes; and "--out DIR/" made a folder (openvino.ir_path)."""
+    if out is None and bundle is None:
+        raise BoxforgeError("export needs --out PATH (or --bundle DIR)")
+    if format == "openvino":
+        from boxforge.export.openvino import require_openvino
+
+        require_openvino(int8)
+        if str(out).endswith(("/", os.sep)):
+            Path(out).mkdir(parents=True, exist_ok=True)
+    if int8:
+        from boxforge.export.int8 import check_calib_classes
+
+        check_calib_classes(calib, list(loaded.meta.class_names))
 
 
 def _props(path: Path) -> dict[str, str]:
