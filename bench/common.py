@@ -25,6 +25,16 @@ def machine() -> dict[str, Any]:
     return facts
 
 
+def package_version(name: str) -> str | None:
+    """The installed version of a distribution, or None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def timed(fn: Callable[[], Any], repeats: int = 3) -> dict[str, float]:
     """Median and spread (min, max) of wall seconds over `repeats` calls."""
     times = []
