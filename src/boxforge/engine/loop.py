@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -230,8 +230,16 @@ def _worker_problem(iterator: Any, wait_s: float = 0.0) -> str | None:
 
 
 def _guarded(loader: Any, loop: Loop) -> Any:
-    """Iterate the loader, turning worker deaths and data timeouts into the watchdog's clean exit."""
-    iterator = iter(loader)
+    """Iterate the loader, turning worker deaths and data timeouts into the watchdog's clean exit.
+
+    `iter(loader)` is guarded as `next` is: with persistent workers, starting an epoch waits for every
+    worker to acknowledge the reset, so a worker frozen at an epoch's end times out there (found by the
+    stall tests with SIGSTOP landing at an epoch boundary: the RuntimeError escaped, and the interpreter's exit
+    then waited forever on the frozen worker)."""
+    try:
+        iterator = iter(loader)
+    except (RuntimeError, ConnectionError, EOFError) as exc:
+        _data_failure(exc, getattr(loader, "_iterator", None), loader, loop)
     if loop.watchdog is not None and loader.num_workers > 0 and not getattr(loop, "_probing", False):
         loop._probing = True  # workers persist across epochs: one probe is enough
         loop.watchdog.add_check(lambda: _worker_problem(getattr(loader, "_iterator", None)))
@@ -241,11 +249,17 @@ def _guarded(loader: Any, loop: Loop) -> Any:
         except StopIteration:
             return
         except (RuntimeError, ConnectionError, EOFError) as exc:
-            if loader.num_workers == 0 or isinstance(exc, BoxforgeError):
-                raise
-            problem = _worker_problem(iterator, wait_s=3.0) or f"data loading failed: {str(exc).splitlines()[0]}"
-            reason = f"boxforge: {problem}"
-            if loop.watchdog is not None:
-                loop.watchdog.abort(f"{reason}.")
-            raise TrainingError(reason) from exc
+            _data_failure(exc, iterator, loader, loop)
         yield batch
+
+
+def _data_failure(exc: BaseException, iterator: Any, loader: Any, loop: Loop) -> NoReturn:
+    """Re-raise `exc` where it is not the loader's (no workers, or boxforge's own error); otherwise end the run
+    through the watchdog's clean exit with the dead worker or the timeout named."""
+    if loader.num_workers == 0 or isinstance(exc, BoxforgeError):
+        raise exc
+    problem = _worker_problem(iterator, wait_s=3.0) or f"data loading failed: {str(exc).splitlines()[0]}"
+    reason = f"boxforge: {problem}"
+    if loop.watchdog is not None:
+        loop.watchdog.abort(f"{reason}.")
+    raise TrainingError(reason) from exc
