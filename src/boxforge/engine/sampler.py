@@ -76,7 +76,11 @@ class SeededDataset(Dataset):
     """Runs `dataset[index]` under torch's RNG seeded with the sampler's per-sample seed.
 
     The global RNG state of the calling process is restored afterwards, so the
-    training step's own randomness is not disturbed (workers=0 runs in-process).
+    training step's own randomness is not disturbed (workers=0 runs in-process). Only the CPU generator is
+    seeded, which is all the augmentations draw from: `torch.manual_seed` would also reseed every CUDA / XPU /
+    MTIA device (not restored by `fork_rng(devices=[])`, so with workers=0 on a GPU each sample reset the
+    device's generator), and before those are initialised it formats a stack for a lazy call each time
+    (0.11 ms a call against 0.002 ms, measured here).
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -95,7 +99,7 @@ class SeededDataset(Dataset):
             if seed is None:
                 return self.dataset[index]
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                torch.random.default_generator.manual_seed(seed)
                 return self.dataset[index]
         finally:
             torch.set_num_threads(threads)
