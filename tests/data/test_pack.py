@@ -105,6 +105,6 @@ def test_training_reads_a_pack(synth_root, tmp_path):
     api.pack(synth_root, tmp_path / "pack", max_side=96)
     # the training index is the pack's: every sample's pixels live in pixels.u8
     result = api.train(data=[str(tmp_path / "pack")], model="ssd_tiny", img_size=96, batch_size=4, iterations=3,
-                       threads=1, out=str(tmp_path / "run"), seed=1, log_every=1)
+                       threads=1, out=str(tmp_path / "run"), seed=1, log_every=1, report=False)
     assert result.global_step == 3 and result.last is not None and result.last.is_file()
     assert read_pack(tmp_path / "pack").samples[0].image_path.name == PIXELS

@@ -19,9 +19,11 @@ def synth_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+def train_args(data: Path, out: Path, *extra: str, report: bool = False) -> list[str]:
+    """`boxforge train` of the tiny model on DATA. No report.html unless `report`: drawing it costs a tiny run
+    about 2.5 s (matplotlib, and the checkpoint evaluated again), and tests/plots checks it on its own run."""
     return ["train", "--data", str(data), "--out", str(out), "--model", "ssd_tiny", "--img-size", "96", "--batch-size", "4",
-            "--threads", "1", "--log-every", "1", "--seed", "7", *extra]
+            "--threads", "1", "--log-every", "1", "--seed", "7", *([] if report else ["--no-report"]), *extra]
 
 
 def run_cli(args: list[str], timeout: float = 300, env: dict[str, str] | None = None,

@@ -3,9 +3,10 @@
 Every other detection test guards only against nothing learnt (mAP > 0). This one trains yolo_csp with its
 recipe (AdamW, EMA, bf16 autocast where the CPU has it, channels-last) for a bounded number of steps with a
 fixed seed and thread count, evaluates the held-out test split with `boxforge eval`, and asserts a VOC12 mAP
-floor. Measured on the shared 2-core machine: VOC12 mAP 0.4506 (circle 0.44, square 0.29, triangle 0.63), the
-same in two runs, 78 s for the whole test; the floor (0.30, a third below) leaves room for another CPU's
-kernels (without native bf16 the run is float32).
+floor. Measured on the shared 2-core machine (float32: no native bf16 there): VOC12 mAP 0.3436 (circle 0.35,
+square 0.23, triangle 0.45), 64 s of training; the floor (0.23, a third below) leaves room for another CPU's
+kernels. At 128 px the same 360 steps reach 0.45 but cost 90 s, and 200 steps at 128 px only 0.25: the suite's
+time goes further at 96 px.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import pytest
 
 from tests.engine.conftest import run_cli
 
-MAP_FLOOR = 0.30
-TRAIN = ["--model", "yolo_csp", "--img-size", "128", "--iterations", "360", "--batch-size", "8", "--threads", "2",
+MAP_FLOOR = 0.23
+TRAIN = ["--model", "yolo_csp", "--img-size", "96", "--iterations", "360", "--batch-size", "8", "--threads", "2",
          "--seed", "0", "--log-every", "500", "--val-every", "1000", "--no-report"]
 
 

@@ -19,7 +19,7 @@ from tests.engine.conftest import train_args
 
 @pytest.mark.parametrize("where", ["after train: --local-rank 0", "before train: --local_rank=0"])
 def test_a_single_process_run_with_local_rank_trains(synth_set: Path, tmp_path: Path, where: str, capsys) -> None:
-    args = train_args(synth_set, tmp_path / "run", "--iterations", "2", "--val-every", "100", "--no-report")
+    args = train_args(synth_set, tmp_path / "run", "--iterations", "2", "--val-every", "100")
     args = [*args, "--local-rank", "0"] if where.startswith("after") else ["--local_rank=0", *args]
     assert main(args) == 0
     assert "done: 2 steps" in capsys.readouterr().out
@@ -30,7 +30,7 @@ def test_a_single_process_run_with_local_rank_trains(synth_set: Path, tmp_path: 
 def test_torch_distributed_launch_itself(synth_set: Path, tmp_path: Path) -> None:
     """The launcher as users run it (one process, no --use-env): it inserts `--local-rank=0` before `train`."""
     cmd = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", "1", "-m", "boxforge",
-           *train_args(synth_set, tmp_path / "run", "--iterations", "1", "--val-every", "100", "--no-report")]
+           *train_args(synth_set, tmp_path / "run", "--iterations", "1", "--val-every", "100")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]

@@ -16,7 +16,7 @@ from boxforge.engine.logging import MetricsLog
 from boxforge.progress import ENV
 from tests.terminal import Terminal
 
-SMALL = {"model": "ssd_tiny", "img_size": 96, "batch_size": 4, "threads": 1, "seed": 7, "log_every": 2}
+SMALL = {"model": "ssd_tiny", "img_size": 96, "batch_size": 4, "threads": 1, "seed": 7, "log_every": 2, "report": False}
 
 
 def test_off_a_terminal_the_log_prints_exactly_its_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,7 +48,7 @@ def test_training_on_a_terminal_shows_a_bar_per_epoch(synth_set: Path, tmp_path:
     monkeypatch.delenv(ENV, raising=False)
     term = Terminal(columns=120)
     monkeypatch.setattr(sys, "stdout", term.open_writer())
-    result = boxforge.train(data=[str(synth_set)], out=str(tmp_path / "run"), epochs=1, report=False, **SMALL)
+    result = boxforge.train(data=[str(synth_set)], out=str(tmp_path / "run"), epochs=1, **SMALL)
     monkeypatch.undo()
     shown = term.close()
     assert result.epochs_done == 1

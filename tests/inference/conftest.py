@@ -47,7 +47,7 @@ def trained(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """last.pt of a 40-step ssd_tiny run at 128 px (about 10 s on 2 cores): weak, but no longer uniform."""
     out = tmp_path_factory.mktemp("run") / "train"
     result = boxforge.train(data=str(synth), out=str(out), model="ssd_tiny", iterations=40, img_size=IMG_SIZE, batch_size=8,
-                            threads=2, seed=0)
+                            threads=2, seed=0, report=False)
     assert result.last is not None
     return result.last
 

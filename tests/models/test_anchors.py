@@ -76,7 +76,7 @@ def test_model_with_fitted_anchors_tiles_them_on_every_cell() -> None:
 
 def test_train_with_anchors_auto_stores_them_and_reloads(synth_set: Path, tmp_path: Path) -> None:
     result = boxforge.train(data=[str(synth_set)], out=str(tmp_path / "run"), model="ssd_tiny", iterations=2, anchors="auto",
-                            img_size=96, batch_size=4, threads=1, val_every=100)
+                            img_size=96, batch_size=4, threads=1, val_every=100, report=False)
     detector, _ = load_detector(result.last)
     expected = fit_anchor_shapes(relative_box_shapes(load_dataset(synth_set, split="train")), 4, 6, seed=0)
     assert [[tuple(s) for s in level] for level in detector.model.anchor_generator.shapes] == expected

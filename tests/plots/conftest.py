@@ -32,7 +32,8 @@ class Run:
 @pytest.fixture(scope="session")
 def trained_run(synth_set: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:  # noqa: F811
     out = tmp_path_factory.mktemp("plots-run") / "run"
-    args = train_args(synth_set, out, "--iterations", "16", *(["--tensorboard"] if HAVE_TENSORBOARD else []))
+    args = train_args(synth_set, out, "--iterations", "16", *(["--tensorboard"] if HAVE_TENSORBOARD else []),
+                      report=True)
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = main(args)

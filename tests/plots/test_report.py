@@ -181,7 +181,7 @@ def test_a_failing_report_is_a_warning_and_keeps_the_checkpoints(trained_run: Ru
 
     monkeypatch.setattr(boxforge.run_report, "write_report", broken)
     out = tmp_path / "run"
-    assert main(train_args(trained_run.data, out, "--iterations", "5")) == 0
+    assert main(train_args(trained_run.data, out, "--iterations", "5", report=True)) == 0
     captured = capsys.readouterr()
     assert "done: 5 steps" in captured.out
     warning = [line for line in captured.err.splitlines() if line.startswith("warning:")]
