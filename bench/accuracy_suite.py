@@ -299,12 +299,14 @@ def report(repeats: int) -> None:
         entry: dict[str, Any] = {"runs": {}, "vs_strongest_peer": {}}
         for who, rs in by_who.items():
             m = {k: [r["metrics"][k] for r in rs] for k in ("coco_ap", "coco_ap50", "coco_ap75", "coco_aps", "voc12")}
+            # pycocotools' -1: no ground truth in that area range (raccoon has no small objects): not a score
             entry["runs"][who] = {"seeds": [r["seed"] for r in rs], "img_per_s": [r.get("img_per_s") for r in rs],
-                                  **{k: {"mean": float(np.mean(v)), "min": float(min(v)), "max": float(max(v))}
-                                     for k, v in m.items()}}
+                                  **{k: ({"mean": float(np.mean(v)), "min": float(min(v)), "max": float(max(v))}
+                                         if min(v) >= 0 else None) for k, v in m.items()}}
+            aps = f"{np.mean(m['coco_aps']):.3f}" if min(m["coco_aps"]) >= 0 else "n/a (no small objects)"
             rows.append((f"{set_name} {who} ({len(rs)} seeds)",
                          f"COCO AP {np.mean(m['coco_ap']):.3f} [{min(m['coco_ap']):.3f}, {max(m['coco_ap']):.3f}]  "
-                         f"VOC12 {np.mean(m['voc12']):.3f}  APs {np.mean(m['coco_aps']):.3f}"))
+                         f"VOC12 {np.mean(m['voc12']):.3f}  APs {aps}"))
         peers = [w for w in by_who if w in PEERS]
         if peers and "boxforge" in by_who:
             strongest = max(peers, key=lambda w: entry["runs"][w]["coco_ap"]["mean"])

@@ -173,6 +173,13 @@ def inference_rows(doc: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _run_name(weights: str) -> str:
+    """A checkpoint's run as the table names it: RUN of RUN/last.pt, or SET/JOB of an accuracy_suite job's
+    runs/accuracy-suite/SET/JOB/run/last.pt."""
+    parent = Path(weights).parent
+    return f"{parent.parent.parent.name}/{parent.parent.name}" if parent.name == "run" else parent.name
+
+
 def deploy_rows(doc: dict[str, Any]) -> list[Row]:
     """bench/deploy_speed.py: each export format of one trained model against PyTorch eager, same run."""
     rows = []
@@ -185,7 +192,12 @@ def deploy_rows(doc: dict[str, Any]) -> list[Row]:
             target = ""
             if b == "b1" and e["format"] == goal.get("fastest_within_1_point"):
                 target = f">= 3x at <= 1 AP point lost: {_met(goal['met'])}"
-            rows.append((f"deploy {Path(doc['weights']).parent.name} {e['img_size']} px {b}, ms/img, {e['format']}"
+            peer = goal.get("peers", {}).get(e.get("peer", ""))
+            if b == "b1" and peer:
+                target = (f"an export as accurate and faster: {_met(peer['met'])} ({peer['ours']}, "
+                          f"{peer['ours_ms_b1']:.1f} ms, AP {peer['ours_coco_AP']:.3f})" if peer["ours"]
+                          else f"an export as accurate and faster: {_met(False)} (none as accurate)")
+            rows.append((f"deploy {_run_name(doc['weights'])} {e['img_size']} px {b}, ms/img, {e['format']}"
                          f"{ap}", f"{t['ms_per_image']:.1f}", f"{eager['timing'][b]['ms_per_image']:.1f} (eager)",
                          f"{t['speedup_vs_eager']:.2f}x", target))
     return rows
