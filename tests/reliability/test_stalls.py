@@ -104,6 +104,8 @@ def stalled_runs(synth_set: Path, tmp_path_factory: pytest.TempPathFactory) -> d
         workers = workers_of(procs["sigstop"].pid)
         assert workers, "no data loader worker found"
     except BaseException:
+        for name in procs:  # wait_for_steps cannot read stderr from a file: pytest shows this on failure
+            print(f"--- {name} stderr:\n{_stderr(runs[name]).read_text()[-3000:]}")
         for proc in procs.values():
             for pid in descendants(proc.pid):
                 os.kill(pid, signal.SIGKILL)
