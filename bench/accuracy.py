@@ -58,6 +58,9 @@ RECIPES: dict[str, list[str]] = {
     "yolo_csp_mosaic": ["--model", "yolo_csp", "--img-size", "320", "--cache", "ram", "--mosaic", "0.5"],
     "yolo_csp_workers1": ["--model", "yolo_csp", "--img-size", "320", "--workers", "1"],  # data in its own process
     "yolo_csp_256": ["--model", "yolo_csp", "--img-size", "256"],
+    # the deployment benchmark's other two models (bench/deploy_speed.py), from scratch at their own input sizes
+    "ssdlite320": ["--model", "ssdlite320_mobilenet_v3_large"],
+    "ssd300": ["--model", "ssd300_vgg16"],
     # the default (yolo_csp, --img-size auto) with a size per batch from 0.7-1.3x of it; compare with "default"
     "default_multiscale": ["--multi-scale"],
     "yolo_lite0_pretrained": ["--model", "yolo_efficientnet_lite0", "--weights-backbone", "IMAGENET1K", "--cache", "ram"],

@@ -181,25 +181,38 @@ def _run_name(weights: str) -> str:
 
 
 def deploy_rows(doc: dict[str, Any]) -> list[Row]:
-    """bench/deploy_speed.py: each export format of one trained model against PyTorch eager, same run."""
+    """bench/deploy_speed.py: each export format of each trained model against its PyTorch eager at the same
+    input size, same run; then the peers' ONNX files, with the verdict of the default model's exports on them."""
     rows = []
-    eager = doc["results"][0]
-    goal = doc["goal"]
-    for e in doc["results"][1:]:
-        for b, t in e["timing"].items():
-            ap = (f", COCO AP {e['coco_AP']:.3f} vs {eager['coco_AP']:.3f}" if "coco_AP" in e
-                  else ", not scored (untrained, speed only)")
+    for model in doc["models"]:
+        eager, goal = model["results"][0], model["goal"]
+        for e in model["results"][1:]:
+            for b, t in e["timing"].items():
+                target = ""
+                if b == "b1" and e["format"] == goal.get("fastest_within_1_point"):
+                    target = f">= 3x at <= 1 AP point lost: {_met(goal['met'])}"
+                rows.append((f"deploy {_run_name(model['weights'])} ({model['model']}) {e['img_size']} px {b}, ms/img, "
+                             f"{e['format']}, COCO AP {e['coco_AP']:.3f} vs {eager['coco_AP']:.3f}",
+                             f"{t['ms_per_image']:.1f}", f"{eager['timing'][b]['ms_per_image']:.1f} (eager)",
+                             f"{t['speedup_vs_eager']:.2f}x", target))
+    for peer in doc["peers"]:
+        beside = doc["models"][peer["timed_beside"]]  # the model whose formats were timed in the same rounds
+        verdict = doc["peer_goals"].get(peer["peer"])
+        for b, t in peer["timing"].items():
             target = ""
-            if b == "b1" and e["format"] == goal.get("fastest_within_1_point"):
-                target = f">= 3x at <= 1 AP point lost: {_met(goal['met'])}"
-            peer = goal.get("peers", {}).get(e.get("peer", ""))
-            if b == "b1" and peer:
-                target = (f"an export as accurate and faster: {_met(peer['met'])} ({peer['ours']}, "
-                          f"{peer['ours_ms_b1']:.1f} ms, AP {peer['ours_coco_AP']:.3f})" if peer["ours"]
-                          else f"an export as accurate and faster: {_met(False)} (none as accurate)")
-            rows.append((f"deploy {_run_name(doc['weights'])} {e['img_size']} px {b}, ms/img, {e['format']}"
-                         f"{ap}", f"{t['ms_per_image']:.1f}", f"{eager['timing'][b]['ms_per_image']:.1f} (eager)",
-                         f"{t['speedup_vs_eager']:.2f}x", target))
+            if b == "b1" and verdict:
+                parts = []
+                for key, where in (("equal_size", f"at {peer['img_size']} px"), ("any_size", "at any size")):
+                    v = verdict[key]
+                    parts.append(f"{where}: {_met(v['met'])}" + (
+                        f" ({v['ours']} {v['ours_img_size']} px, {v['ours_ms_b1']:.1f} ms, AP {v['ours_coco_AP']:.3f})"
+                        if v["ours"] else " (none as accurate)"))
+                target = "an export of ours as accurate and faster, " + "; ".join(parts)
+            ap = f", COCO AP {peer['coco_AP']:.3f}" if "coco_AP" in peer else ", not scored"
+            rows.append((f"deploy peer {peer['peer']} {peer['img_size']} px {b}, ms/img, onnxruntime{ap}",
+                         f"{t['ms_per_image']:.1f}",
+                         f"{beside['results'][0]['timing'][b]['ms_per_image']:.1f} (eager {beside['model']} "
+                         f"{beside['img_size']} px)", f"{t['speedup_vs_eager']:.2f}x", target))
     return rows
 
 
