@@ -13,10 +13,12 @@ calibration images as `--int8` for ONNX; `exclude` names nodes for its ignored s
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,9 +32,23 @@ def require_openvino(int8: bool = False) -> None:
     try:
         import openvino  # noqa: F401
         if int8:
-            import nncf  # noqa: F401
+            import_nncf()
     except ImportError as exc:
         raise BoxforgeError(f"--format openvino needs {exc.name}: pip install 'boxforge[openvino]'") from exc
+
+
+def import_nncf() -> Any:
+    """nncf, imported without the warning its PyTorch backend's import prints on a CUDA build of torch with no GPU
+    ("No CUDA runtime is found, using CUDA_HOME=..."): it probes for compiling CUDA extensions, which an OpenVINO
+    model never uses, and the line reads like a fault of the export."""
+    probe = logging.getLogger("torch.utils.cpp_extension")
+    level = probe.level
+    probe.setLevel(logging.ERROR)
+    try:
+        import nncf
+    finally:
+        probe.setLevel(level)
+    return nncf
 
 
 def ir_path(out: Path) -> Path:
@@ -90,7 +106,7 @@ def write_openvino(onnx_path: Path, out: Path, props: dict[str, str], *, images:
 
 def _quantize(model: object, images: np.ndarray, props: dict[str, str], exclude: list[str]) -> object:
     """NNCF post-training INT8 of the OpenVINO model, fed like the runtime feeds it (thresholds included)."""
-    import nncf
+    nncf = import_nncf()
 
     post = json.loads(props.get("postprocess", "{}"))
     extra = threshold_feeds(post["score_thresh"], post["nms_thresh"], post["detections_per_img"]) if post else {}
