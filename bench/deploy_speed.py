@@ -205,6 +205,25 @@ def against_peer(peer: dict, ours: list[dict]) -> tuple[list[tuple[str, str]], d
     return rows, verdict
 
 
+def summarize_peers(peers: list[dict], models: list[dict], ours: list[dict]) -> tuple[list[tuple[str, str]], dict]:
+    """Each peer's rows (speed-ups against the eager model timed in the same rounds) and, for a scored peer, the
+    verdict of `against_peer` on the default model's runs `ours`."""
+    rows: list[tuple[str, str]] = []
+    goals = {}
+    for peer in peers:
+        eager = models[peer["timed_beside"]]["results"][0]["timing"]
+        for b, t in peer["timing"].items():
+            t["speedup_vs_eager"] = eager[b]["median_s"] / t["median_s"]
+            rows.append((f"{peer['format']} {peer['img_size']} px {b}",
+                         f"{t['ms_per_image']:7.2f} ms/img (min {t['min_ms_per_image']:.2f})  "
+                         + (f"COCO AP {peer['coco_AP']:.3f} (scored by accuracy_suite)" if "coco_AP" in peer
+                            else "not scored")))
+        if "coco_AP" in peer:
+            verdict_rows, goals[peer["peer"]] = against_peer(peer, ours)
+            rows += verdict_rows
+    return rows, goals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", required=True, action="append",
@@ -241,22 +260,10 @@ def main() -> None:
     for model in models:
         model_rows, model["goal"] = summarize(model)
         rows += model_rows
-    goals = {}
-    ours = [m for m in models if m["weights"] == args.weights[0]]
-    for peer in peers:
-        eager = models[peer["timed_beside"]]["results"][0]["timing"]  # the eager model of the same rounds
-        for b, t in peer["timing"].items():
-            t["speedup_vs_eager"] = eager[b]["median_s"] / t["median_s"]
-            rows.append((f"{peer['format']} {peer['img_size']} px {b}",
-                         f"{t['ms_per_image']:7.2f} ms/img (min {t['min_ms_per_image']:.2f})  "
-                         + (f"COCO AP {peer['coco_AP']:.3f} (scored by accuracy_suite)" if "coco_AP" in peer
-                            else "not scored")))
-        if "coco_AP" in peer:
-            peer_rows, goals[peer["peer"]] = against_peer(peer, ours)
-            rows += peer_rows
+    peer_rows, goals = summarize_peers(peers, models, [m for m in models if m["weights"] == args.weights[0]])
     write("deploy_speed", {"data": args.data, "threads": args.threads, "calib_images": args.calib_images,
                            "packages": {p: package(p) for p in ("onnxruntime", "openvino", "nncf", "torch")},
-                           "models": models, "peers": peers, "peer_goals": goals}, rows)
+                           "models": models, "peers": peers, "peer_goals": goals}, rows + peer_rows)
 
 
 if __name__ == "__main__":
