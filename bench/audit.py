@@ -2,13 +2,17 @@
 
     python bench/audit.py                          # raccoon and microcontroller, 15 minutes each
     python bench/audit.py --sets raccoon --minutes 2 --quick
+    python bench/audit.py --keep runs/audit-bench        # keep the planted sets, fold models and predictions
+    python bench/audit.py --rescore runs/audit-bench     # rank those predictions again with the current rules
 
 The planted-set recipe, with a seed, on every image of the set (its train and test images together):
 delete 10% of the boxes (`missing_box`), shift 10% along x or y until their IoU with the truth is 0.3-0.6
 (`bad_box`), add a box on nothing (IoU < 0.1 with every box, 10-30% of the image side) to 5% of the images
 (`spurious_box`), and on a set of several classes give 10% of the boxes another class (`wrong_class`); no box
 gets two mistakes. The planted set is written as a VOC folder and audited with the product's own command
-(`boxforge audit DATA --time M`, its defaults otherwise), on 2 cores, one set at a time.
+(`boxforge audit DATA --time M`, its defaults otherwise), on 2 cores, one set at a time. The fold models never see
+the labels they judge, so a change to the ranking rules alone is measured on the same predictions with
+--rescore (no training; the JSON says `"rescored": true`).
 
 A planted mistake is found by a suggestion of its kind on its object: a missing box by a `missing_box` whose
 suggested box has IoU >= 0.5 with the deleted box; the others by an issue of their kind on the planted label
@@ -219,26 +223,38 @@ def image_review(ranking: list[str], planted: list[dict[str, Any]], efforts: dic
     return {label: float(np.mean([m["image"] in set(ranking[:top]) for m in planted])) for label, top in efforts.items()}
 
 
-def run_set(name: str, minutes: float, seed: int, tmp: Path, flags: list[str]) -> dict[str, Any]:
+def run_set(name: str, minutes: float, seed: int, tmp: Path, flags: list[str], rescore: bool = False) -> dict[str, Any]:
+    """Plant, audit (or, with `rescore`, rank the out-of-fold predictions an earlier run kept in `tmp` again with
+    the current rules, no training), and score the ranking against the planted mistakes and the baselines."""
     from boxforge.audit.folds import plan_folds
+    from boxforge.audit.rank import rank_issues
     from boxforge.data.convert import convert
     from boxforge.data.formats.detect import load_dataset
 
     index = load_dataset(SETS[name])
     bad, planted = plant(index, seed)
     data = tmp / f"{name}-planted"
-    convert(bad, data, "voc")
     out = tmp / f"{name}-audit"
-    cmd = [sys.executable, "-m", "boxforge", "audit", str(data), "--out", str(out), "--time", str(minutes),
-           "--seed", str(seed), *flags]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd[2:])} failed:\n{proc.stderr[-3000:]}")
-    written = json.loads((out / "issues.json").read_text())
+    if rescore:
+        if not (out / "issues.json").is_file():
+            raise SystemExit(f"--rescore: {out} holds no audit (run with --keep {tmp} first)")
+        audited = load_dataset(data)
+        written = json.loads((out / "issues.json").read_text())
+        issues_found, image_scores, written["confident"] = rank_issues(audited, oof_predictions(audited, out))
+        written["issues"] = [i.to_json() for i in issues_found]
+        written["images"] = image_scores
+    else:
+        convert(bad, data, "voc")
+        cmd = [sys.executable, "-m", "boxforge", "audit", str(data), "--out", str(out), "--time", str(minutes),
+               "--seed", str(seed), *flags]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"{' '.join(cmd[2:])} failed:\n{proc.stderr[-3000:]}")
+        written = json.loads((out / "issues.json").read_text())
+        audited = load_dataset(data)
     issues = written["issues"]
     rng = np.random.default_rng(seed)
     shuffled = [issues[i] for i in rng.permutation(len(issues))]
-    audited = load_dataset(data)
     folds = plan_folds(len(audited), minutes, seed=seed).folds
     by_loss = image_loss_ranking(audited, out, folds)
     n = len(planted)
@@ -259,9 +275,9 @@ def run_set(name: str, minutes: float, seed: int, tmp: Path, flags: list[str]) -
                                                   if isinstance(by_cleanlab, list) else by_cleanlab),
                        "highest_loss": image_review(by_loss, planted, efforts)}
     counts = {k: sum(m["kind"] == k for m in planted) for k in RATES}
-    return {"flags": flags, "images": len(index), "objects": index.num_objects, "classes": len(index.classes), "planted": counts,
-            "planted_total": n, "suggestions": len(issues), "minutes": minutes,
-            "audit": scores(issues, planted), "random_order": scores(shuffled, planted),
+    return {"flags": flags, "images": len(index), "objects": index.num_objects, "classes": len(index.classes),
+            "planted": counts, "planted_total": n, "suggestions": len(issues), "minutes": minutes,
+            "rescored": rescore, "audit": scores(issues, planted), "random_order": scores(shuffled, planted),
             "image_loss_baseline": loss_hits, "images_reviewed": images_compared, "plan": written["plan"]}
 
 
@@ -274,12 +290,18 @@ def main() -> None:
     ap.add_argument("--flags", default="", help="more `boxforge audit` options for the fold models, one string "
                     "(e.g. '--model yolo_efficientnet_lite0 --weights-backbone IMAGENET1K')")
     ap.add_argument("--tag", help="write audit-TAG.json instead of audit.json (a variant beside the default run)")
+    ap.add_argument("--rescore", type=Path, metavar="DIR", help="rank the out-of-fold predictions kept in DIR "
+                    "(an earlier --keep DIR) again with the current rules; no training")
+    ap.add_argument("--keep", type=Path, help="keep the planted sets and audit folders here (default: a temporary "
+                    "folder); a later --rescore DIR ranks their saved out-of-fold predictions again without training")
     args = ap.parse_args()
     doc: dict[str, Any] = {"recipe": {"rates": RATES, "bad_box_iou": [0.3, 0.6], "seed": args.seed}, "sets": {}}
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.rescore or args.keep or Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         for name in args.sets:
-            result = run_set(name, args.minutes, args.seed, Path(tmp), args.flags.split())
+            result = run_set(name, args.minutes, args.seed, tmp, args.flags.split(), rescore=args.rescore is not None)
             doc["sets"][name] = result
             a, r, b = result["audit"], result["random_order"], result["image_loss_baseline"]
             rows.append((f"{name}: {result['planted_total']} planted, recall@N / @2N, precision@N",

@@ -292,7 +292,8 @@ def audit(data: str | Path | list[str | Path], *, out: str | Path, time: float |
     within `time` minutes (audit/folds.py), or the user's own out-of-fold `predictions` file. Writes
     OUT/issues.json and OUT/review.html (and OUT/folds/ with each fold's run). model, img_size, batch_size,
     workers, threads, device, seed, weights_backbone (a pretrained backbone: stronger fold models in the same
-    time): the fold models' training settings (default: `train`'s). Returns an AuditReport."""
+    time): the fold models' training settings (default: yolo_efficientnet_lite0 on ImageNet backbone weights
+    where the optional package is installed, else `train`'s; audit/run.py). Returns an AuditReport."""
     from boxforge.audit.run import run_audit
 
     index = load_dataset(data, split=split, format=format)

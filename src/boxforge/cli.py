@@ -133,7 +133,8 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
                    "predictions file or COCO results list) instead of training")
     p.add_argument("--apply", type=Path, metavar="DECISIONS", help="decisions.json saved from review.html")
     _data_args(p)
-    p.add_argument("--model", choices=models_for("detect"), help="the fold models' architecture (default: train's)")
+    p.add_argument("--model", choices=models_for("detect"), help="the fold models' architecture (default: "
+                   "yolo_efficientnet_lite0 on ImageNet weights where boxforge[pretrained] is installed, else train's)")
     p.add_argument("--img-size", type=_size_or_auto, metavar="PX|auto")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--workers", type=int)
