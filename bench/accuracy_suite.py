@@ -3,6 +3,7 @@
     python bench/accuracy_suite.py prepare                  # the derived sets, deterministic (~1 min)
     python bench/accuracy_suite.py run [--sets S ...] [--who W ...] [--seeds 0 1 2] [--minutes 15] [--shard K/N]
     python bench/accuracy_suite.py report                   # bench/results/accuracy_suite.json and a table
+    python bench/accuracy_suite.py archive                  # file an older runs/ folder's jobs (run does it itself)
 
 Sets (SETS; each trained on its train split and scored on its own held-out split):
   raccoon            ../shared/datasets/raccoon, official train.txt / test.txt (large objects, one class)
@@ -25,7 +26,11 @@ writes its test-split predictions in boxforge's predictions format, so `report` 
 the same evaluator and runs the paired bootstrap over test images: per resample, each side's metric is the
 mean over its seeds; P(better) is the share of resamples in which boxforge's mean beats the strongest peer's.
 
-Jobs are independent and resumable (a finished job's result.json is kept): `--shard K/N` runs every N-th
+Every finished job is also archived in bench/results/accuracy_suite_jobs/SET/WHO-sSEED.json.gz (committed: its
+result and its test predictions, boxes rounded to 0.01 px and scores to 1e-6), and `report` reads the archive
+beside runs/, so seeds run in different sessions or on different machines add up to one table; `archive` files
+the jobs of an older runs/ folder. Jobs are independent and resumable (a finished job's result.json is kept, and
+an archived job is not run again unless --redo): `--shard K/N` runs every N-th
 job from the K-th, so several sessions or machines can share the suite (4 sets x 4 runners x 3 seeds at 15
 minutes is 12 CPU-hours with the microcontroller folds counted once; each fold is a job of its own).
 """
@@ -33,11 +38,13 @@ minutes is 12 CPU-hours with the microcontroller folds counted once; each fold i
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +58,7 @@ from common import RESULTS, machine  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 WORK = ROOT / "runs" / "accuracy-suite"
+ARCHIVE = RESULTS / "accuracy_suite_jobs"
 DATA = WORK / "data"
 FOLDS = 5
 PEER_IMGSZ = 320
@@ -208,6 +216,41 @@ def run_job(set_name: str, who: str, seed: int, minutes: float, ultralytics: str
     return result
 
 
+def archive_path(set_name: str, who: str, seed: int) -> Path:
+    return ARCHIVE / set_name / f"{who}-s{seed}.json.gz"
+
+
+def archive_job(result: dict[str, Any]) -> Path:
+    """File a finished job (its result and its test predictions) in ARCHIVE; the bytes depend only on the job."""
+    out = job_dir(result["set"], result["who"], result["seed"])
+    predictions = json.loads((out / result["predictions"]).read_text())
+    for entry in predictions["predictions"]:
+        entry["score"] = round(entry["score"], 6)
+        entry["box"] = [round(v, 2) for v in entry["box"]]
+    path = archive_path(result["set"], result["who"], result["seed"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.GzipFile(path, "wb", mtime=0) as f:
+        f.write(json.dumps({"result": result, "predictions": predictions}, separators=(",", ":")).encode())
+    return path
+
+
+def finished_jobs() -> dict[tuple[str, str, int], tuple[dict[str, Any], Any]]:
+    """(set, who, seed) -> (result, the predictions file's document) of every finished job: archived ones, and
+    those of runs/ not archived (an archived job's own runs/ copy is the same job)."""
+    found: dict[tuple[str, str, int], tuple[dict[str, Any], Any]] = {}
+    for path in sorted(ARCHIVE.glob("*/*.json.gz")):
+        with gzip.open(path, "rt") as f:
+            doc = json.load(f)
+        r = doc["result"]
+        found[(r["set"], r["who"], r["seed"])] = (r, doc["predictions"])
+    for path in sorted(WORK.glob("*/*/result.json")):
+        r = json.loads(path.read_text())
+        key = (r["set"], r["who"], r["seed"])
+        if key not in found:
+            found[key] = (r, json.loads((path.parent / r["predictions"]).read_text()))
+    return found
+
+
 def _our_predictions(weights: Path, data: Path, test: str, path: Path) -> None:
     from boxforge.data.formats.detect import load_dataset
     from boxforge.evaluation.predictions import save_predictions
@@ -285,7 +328,8 @@ def report(repeats: int) -> None:
     from boxforge.data.formats.detect import load_dataset
     from boxforge.evaluation.predictions import load_predictions
 
-    found = [json.loads(p.read_text()) for p in sorted(WORK.glob("*/*/result.json"))]
+    jobs_found = finished_jobs()
+    found = [r for r, _ in jobs_found.values()]
     doc: dict[str, Any] = {"machine": machine(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "bootstrap_resamples": repeats, "sets": {}}
     rows = []
@@ -310,9 +354,12 @@ def report(repeats: int) -> None:
         peers = [w for w in by_who if w in PEERS]
         if peers and "boxforge" in by_who:
             strongest = max(peers, key=lambda w: entry["runs"][w]["coco_ap"]["mean"])
-            preds = {f"{r['who']}-s{r['seed']}": load_predictions(job_dir(set_name, r["who"], r["seed"])
-                                                                  / r["predictions"], index)
-                     for r in by_who["boxforge"] + by_who[strongest]}
+            preds = {}
+            with tempfile.TemporaryDirectory() as tmp:
+                for r in by_who["boxforge"] + by_who[strongest]:
+                    file = Path(tmp) / f"{r['who']}-s{r['seed']}.json"
+                    file.write_text(json.dumps(jobs_found[(set_name, r["who"], r["seed"])][1]))
+                    preds[file.stem] = load_predictions(file, index)
             boot = paired_bootstrap(index, preds, repeats)
             ours = {k: np.mean([boot[f"boxforge-s{r['seed']}"][k] for r in by_who["boxforge"]], axis=0)
                     for k in ("coco_ap", "voc12")}
@@ -349,6 +396,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", type=Path, required=True)
+    sub.add_parser("archive", help="file every finished job of runs/accuracy-suite in bench/results/accuracy_suite_jobs")
     rep = sub.add_parser("report")
     rep.add_argument("--repeats", type=int, default=200)
     args = ap.parse_args()
@@ -358,6 +406,9 @@ def main() -> None:
         peer(args.set, args.yaml, args.minutes, args.seed, args.out)
     elif args.command == "report":
         report(args.repeats)
+    elif args.command == "archive":
+        for path in sorted(WORK.glob("*/*/result.json")):
+            print(f"archived {archive_job(json.loads(path.read_text()))}")
     else:
         unknown = sorted(set(args.sets) - set(sets()))
         if unknown:
@@ -365,10 +416,12 @@ def main() -> None:
         k, n = (int(x) for x in args.shard.split("/"))
         todo = jobs(args.sets, args.who, args.seeds)[k::n]
         for set_name, who, seed in todo:
-            if (job_dir(set_name, who, seed) / "result.json").exists() and not args.redo:
+            if not args.redo and ((job_dir(set_name, who, seed) / "result.json").exists()
+                                  or archive_path(set_name, who, seed).exists()):
                 print(f"[{set_name} {who} s{seed}] done already", flush=True)
                 continue
             result = run_job(set_name, who, seed, args.minutes, args.ultralytics)
+            archive_job(result)
             m = result["metrics"]
             print(f"[{set_name} {who} s{seed}] COCO AP {m['coco_ap']:.3f} VOC12 {m['voc12']:.3f} "
                   f"({result.get('img_per_s')} img/s, {result['wall_s']} s)", flush=True)

@@ -23,15 +23,16 @@ from tests.classification.conftest import train_settings
 @pytest.mark.slow
 def test_synthetic_shapes_train_to_high_accuracy_on_cpu(tmp_path: Path) -> None:
     """mobilenet_v2 at 64 px: its stride-2 stem keeps 32 x 32 maps where resnet18's stem leaves 16 x 16, and at
-    this size it is the cheaper of the two; measured 97.5 Acc@1 after 6 epochs in 32 s on 2 cores (76.7 after 4;
-    resnet18 at 32 px: 74 after 12)."""
+    this size it is the cheaper of the two. 8 epochs: 6 gave 97.5 Acc@1 on an earlier machine but 88.3 on an AMD
+    EPYC (its kernels take another path through the same seed); 8 gave 98.3 there in 20 s (resnet18 at 32 px:
+    74 after 12)."""
     data = tmp_path / "shapes"
     synthesize_classification(data, images=600, classes=3, seed=0)  # 480 train, 120 val, 64 px
     start = time.perf_counter()
     result = api.train(**train_settings(data, tmp_path / "run", model="mobilenet_v2", img_size=64, batch_size=16,
-                                        epochs=6, lr=0.003))
+                                        epochs=8, lr=0.003))
     seconds = time.perf_counter() - start
-    print(f"mobilenet_v2 64 px, 6 epochs of 480 images: best Acc@1 {result.best_metric:.1f} in {seconds:.0f} s")
+    print(f"mobilenet_v2 64 px, 8 epochs of 480 images: best Acc@1 {result.best_metric:.1f} in {seconds:.0f} s")
     assert result.best_label == "Acc@1"
     assert result.best_metric is not None and result.best_metric >= 90.0
 
