@@ -396,7 +396,8 @@ def main() -> None:
     p.add_argument("--minutes", type=float, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", type=Path, required=True)
-    sub.add_parser("archive", help="file every finished job of runs/accuracy-suite in bench/results/accuracy_suite_jobs")
+    sub.add_parser("archive", help="file every finished job of runs/accuracy-suite in "
+                   "bench/results/accuracy_suite_jobs")
     rep = sub.add_parser("report")
     rep.add_argument("--repeats", type=int, default=200)
     args = ap.parse_args()

@@ -12,8 +12,8 @@ and a prediction's score s read as its sureness r = s / (s + c) (c, the confiden
                   suggested: that box. The bound is low on purpose: a box drawn a third of its width off the
                   object meets the model's box on the object at IoU 0.1-0.5 (the model's own box is loose too);
                   read as two faults, a spurious label and a missing box, it was a wrong pair of both
-    spurious_box  a label no prediction supports: support = the best score x IoU of an own-class prediction on
-                  it, below c * MATCH; score (1 - support) * SPURIOUS_WEIGHT (a box the model missed is more
+    spurious_box  a label no prediction supports: support = the best score x IoU of any prediction on it, below
+                  c * MATCH; score (1 - support) * SPURIOUS_WEIGHT (a box the model missed is more
                   often the model's fault than the label's, so these rank below equally strong evidence)
     missing_box   a confident prediction no label explains: none of its class near it (best IoU u < NEAR), not
                   the suggestion of a label's issue above, not a second guess on an object a surer, matched
@@ -93,8 +93,8 @@ def _image_issues(image_id: str, boxes: np.ndarray, labels: np.ndarray, difficul
         if p in fixes:
             continue
         near = iou[p][labels == pl[p]].max(initial=0.0)
-        issues.append(Issue(image_id, "missing_box", float(sureness(ps[p], confident) * (1 - near)), None, pb[p].tolist(), None,
-                            classes[int(pl[p])]))
+        issues.append(Issue(image_id, "missing_box", float(sureness(ps[p], confident) * (1 - near)), None,
+                            pb[p].tolist(), None, classes[int(pl[p])]))
     return _dedupe_missing(issues)
 
 
@@ -131,7 +131,8 @@ def _label_issue(g: int, ious: np.ndarray, scores: np.ndarray, classes: np.ndarr
     if other.any():
         o = int(np.flatnonzero(other)[np.argmax(scores[other])])
         if scores[o] > s_same:
-            return "wrong_class", float(sureness(scores[o], confident) - sureness(s_same, confident)), o, int(classes[o])
+            score = sureness(scores[o], confident) - sureness(s_same, confident)
+            return "wrong_class", float(score), o, int(classes[o])
     tight = same & (iou >= TIGHT) & (scores >= confident)
     loose = same & (iou >= LOOSE) & (iou < TIGHT) & (scores >= confident) & (ious.argmax(axis=1) == g)
     if loose.any() and not tight.any():
