@@ -32,11 +32,12 @@ STALL_S = 15
 KILLED_WORKER_S = 3
 
 
-def _start(synth_set: Path, run: Path, timeout: float, hooks: dict[str, str] | None = None) -> subprocess.Popen:
+def _start(synth_set: Path, run: Path, timeout: float, hooks: dict[str, str] | None = None,
+           extra: tuple[str, ...] = ()) -> subprocess.Popen:
     """The run in the background; stdout discarded and stderr to RUN.stderr, so that no pipe left unread can
     fill up and block the run while another is waited for."""
     args = train_args(synth_set, run, "--iterations", "100000", "--workers", "1", "--stall-timeout", str(timeout),
-                      "--batch-size", "2", "--val-every", "1000")
+                      "--batch-size", "2", "--val-every", "1000", *extra)
     run.parent.mkdir(parents=True, exist_ok=True)
     with open(_stderr(run), "w") as err:
         return start_training(args, hooks=hooks, stdout=subprocess.DEVNULL, stderr=err)
@@ -97,7 +98,11 @@ def stalled_runs(synth_set: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     flag = folder / "stall-now"
     runs = {"sigstop": folder / "sigstop", "read": folder / "read"}
     procs = {"sigstop": _start(synth_set, runs["sigstop"], STALL_S),
-             "read": _start(synth_set, runs["read"], STALL_S, hooks={"BOXFORGE_TEST_STALL_READ": str(flag)})}
+             # --cache off: with the default cache (auto: this tiny set fits) the persistent worker holds every
+             # image after its first epoch and reads none again, so a run that got past epoch 1 before the flag
+             # existed never stalled (CI on 2026-12-02: "the run hung", the run was training all along).
+             "read": _start(synth_set, runs["read"], STALL_S, hooks={"BOXFORGE_TEST_STALL_READ": str(flag)},
+                            extra=("--cache", "off"))}
     try:
         for name, proc in procs.items():
             wait_for_steps(proc, runs[name], 2)
