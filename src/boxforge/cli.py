@@ -119,8 +119,9 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train K fold models within --time minutes, predict each image with the model that "
                                    "did not see it, and rank where predictions and labels disagree; writes "
                                    "OUT/issues.json and OUT/review.html (accept/reject in the browser, save "
-                                   "decisions.json). With --apply DECISIONS.json --data DATA --out NEW: write a "
-                                   "corrected copy of DATA with the accepted changes (the original is not touched).")
+                                   "decisions.json). With --apply DECISIONS.json --data DATA --out NEW: copy DATA's folder "
+                                   "to NEW and edit only the accepted labels in the copy's annotation files (the "
+                                   "original is not touched; NEW/audit-manifest.json lists every change).")
     p.add_argument("data", nargs="*", metavar="DATA", help="dataset folder or file (or give --data)")
     p.add_argument("--data", dest="data_option", nargs="+", metavar="DATA", help="the dataset (with --apply)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where issues.json and review.html go "

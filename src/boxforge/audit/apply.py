@@ -1,17 +1,18 @@
 """`boxforge audit --apply DECISIONS.json --data DATA --out NEW`: a corrected copy, the original untouched.
 
 Only accepted decisions change anything: a missing box is added, a spurious label removed, a bad box
-replaced by the suggested one, a wrong class changed to the suggested class. The copy is written by
-`convert` in the dataset's own format (VOC, COCO, YOLO, txt) into the new folder NEW, with
-NEW/audit-manifest.json listing every change (image, kind, label, before, after): what was changed can
-be read, checked and undone by hand. The original files are only read. A decisions file that does not
+replaced by the suggested one, a wrong class changed to the suggested class. NEW is the dataset's folder
+copied file for file, in its own format and layout (VOC, COCO, YOLO, txt), where only the annotation files
+of changed images differ, and only in the changed labels (data/patch.py: a COCO file keeps its info,
+licenses, ids and segmentations, a VOC file its other elements). NEW/audit-manifest.json lists every change
+(image, kind, label, before, after) and every changed file with its checksums before and after: what was
+changed can be read, checked and undone by hand. The original files are only read. A decisions file that does not
 fit the dataset (an unknown image, a label that is not there or has moved since the audit, an unknown
 class) is refused with one line naming the decision.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,9 @@ import numpy as np
 
 from boxforge.audit.rank import KINDS
 from boxforge.audit.review import DECISIONS_FORMAT
-from boxforge.data.convert import TARGETS, convert
 from boxforge.data.formats.coco import load_json
 from boxforge.data.index import DatasetIndex, Sample
+from boxforge.data.patch import FORMATS, Edit, PatchReport, copy_with_edits
 from boxforge.errors import BoxforgeError
 from boxforge.files import write_json
 
@@ -38,11 +39,13 @@ class ApplyReport:
     rejected: int
     changes: list[dict[str, Any]]
     manifest: Path
-    convert_summary: str
+    patch: PatchReport
 
     def summary(self) -> str:
-        return (f"applied {self.accepted} accepted changes ({self.rejected} rejected left as they were) to a copy "
-                f"in {self.out}; every change is listed in {self.manifest}\n{self.convert_summary}")
+        lines = [f"applied {self.accepted} accepted changes ({self.rejected} rejected left as they were) to a copy "
+                 f"in {self.out}: {self.patch.copied} files copied, {len(self.patch.files)} annotation files changed; "
+                 f"every change is listed in {self.manifest}"]
+        return "\n".join(lines + self.patch.notes)
 
 
 def _box(value: Any, where: str) -> list[float]:
@@ -91,51 +94,46 @@ def _check_label(d: dict[str, Any], sample: Sample, classes: list[str], where: s
                             "the audit saw: the dataset changed since; audit it again")
 
 
-def _apply_to_sample(sample: Sample, accepted: list[dict[str, Any]], classes: list[str],
-                     changes: list[dict[str, Any]]) -> Sample:
-    out = copy.deepcopy(sample)
-    boxes, labels = out.boxes.copy(), out.labels.copy()
-    keep = np.ones(len(boxes), dtype=bool)
-    added_boxes, added_labels = [], []
+def _edits_of(sample: Sample, accepted: list[dict[str, Any]], classes: list[str],
+              changes: list[dict[str, Any]]) -> list[Edit]:
+    """The accepted decisions of one image as edits of its labels, each change recorded for the manifest."""
+    edits = []
     for d in accepted:
         g = d.get("label")
-        before = {"box": boxes[g].tolist(), "class": classes[int(labels[g])]} if g is not None else None
-        if d["kind"] == "spurious_box":
-            keep[g] = False
-        elif d["kind"] == "bad_box":
-            boxes[g] = d["suggested_box"]
-        elif d["kind"] == "wrong_class":
-            labels[g] = classes.index(d["suggested_class"])
+        before = {"box": sample.boxes[g].tolist(), "class": classes[int(sample.labels[g])]} if g is not None else None
+        kind = d["kind"]
+        if kind == "spurious_box":
+            edits.append(Edit("remove", g))
+        elif kind == "bad_box":
+            edits.append(Edit("box", g, box=tuple(d["suggested_box"])))
+        elif kind == "wrong_class":
+            edits.append(Edit("class", g, cls=classes.index(d["suggested_class"])))
         else:
-            added_boxes.append(d["suggested_box"])
-            added_labels.append(classes.index(d["suggested_class"]))
-        after = None if d["kind"] == "spurious_box" else {
-            "box": d["suggested_box"] if d["kind"] in ("bad_box", "missing_box") else boxes[g].tolist(),
-            "class": d["suggested_class"] if d["kind"] in ("wrong_class", "missing_box") else classes[int(labels[g])]}
-        changes.append({"image": sample.image_id, "kind": d["kind"], "label": g, "before": before, "after": after})
-    out.boxes = np.concatenate([boxes[keep], np.array(added_boxes, dtype=np.float64).reshape(-1, 4)])
-    out.labels = np.concatenate([labels[keep], np.array(added_labels, dtype=np.int64)])
-    out.difficult = np.concatenate([out.difficult[keep], np.zeros(len(added_boxes), bool)])
-    out.truncated = np.concatenate([out.truncated[keep], np.zeros(len(added_boxes), bool)])
-    out.__post_init__()
-    return out
+            edits.append(Edit("add", box=tuple(d["suggested_box"]), cls=classes.index(d["suggested_class"])))
+        after = None if kind == "spurious_box" else {
+            "box": d["suggested_box"] if kind in ("bad_box", "missing_box") else before["box"],  # type: ignore[index]
+            "class": d["suggested_class"] if kind in ("wrong_class", "missing_box") else before["class"]}  # type: ignore[index]
+        changes.append({"image": sample.image_id, "kind": kind, "label": g, "before": before, "after": after})
+    return edits
 
 
 def apply_decisions(decisions: Path, index: DatasetIndex, out: Path, *, source: str) -> ApplyReport:
     """Write `index` with the accepted decisions applied to the new folder `out` (see the module docstring)."""
-    if index.format not in TARGETS:
-        raise BoxforgeError(f"{index.root}: a {index.format} dataset; --apply writes {', '.join(TARGETS)} copies")
+    if index.format not in FORMATS:
+        raise BoxforgeError(f"{index.root}: a {index.format} dataset; --apply writes {', '.join(FORMATS)} copies")
     checked = read_decisions(Path(decisions), index)
     accepted: dict[str, list[dict[str, Any]]] = {}
     for d in checked:
         if d["decision"] == "accept":
             accepted.setdefault(d["image"], []).append(d)
     changes: list[dict[str, Any]] = []
-    corrected = copy.copy(index)
-    corrected.samples = [_apply_to_sample(s, accepted[s.image_id], index.classes, changes)
-                         if s.image_id in accepted else s for s in index.samples]
-    report = convert(corrected, Path(out), index.format)
-    manifest = write_json(Path(out) / MANIFEST, {"source": source, "decisions": str(decisions),
-                                                  "format": index.format, "changes": changes}, indent=1)
+    samples = index.by_id()
+    edits = {image: _edits_of(samples[image], decided, index.classes, changes) for image, decided in accepted.items()}
+    patch = copy_with_edits(index, Path(out), edits)
+    manifest = write_json(Path(out) / MANIFEST, {
+        "source": source, "source_root": str(Path(index.root).resolve()), "decisions": str(decisions),
+        "format": index.format, "changes": changes, "files": patch.files, "notes": patch.notes,
+        "undo": "every other file is a byte-identical copy; to undo, copy each changed file (files[].path) back "
+                "from source_root, which --apply only read"}, indent=1)
     return ApplyReport(Path(out), len(changes), sum(d["decision"] == "reject" for d in checked), changes, manifest,
-                       report.summary())
+                       patch)

@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 
 from boxforge.data import boxes as box_rules
+from boxforge.data.formats.coco import coco_box
 from boxforge.data.formats.txtlist import format_txtlist_line
 from boxforge.data.formats.voc import write_voc_annotation
 from boxforge.data.index import DatasetIndex, Sample
@@ -118,12 +119,6 @@ def _write_voc(index: DatasetIndex, out: Path, report: ConvertReport, shown: Pro
         (main / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
 
 
-# x2 - x1 in float64 carries ~1e-13 px of noise (0.3 - 0.1 = 0.19999999999999998); rounding the width to
-# 10 decimals gives back a COCO file's own w (two decimals in COCO's files) exactly, so COCO -> COCO and
-# COCO -> VOC -> COCO keep every bbox number.
-WIDTH_DECIMALS = 10
-
-
 def _write_coco(index: DatasetIndex, out: Path, report: ConvertReport, shown: Progress) -> None:
     name = index.split if index.split and not Path(index.split).suffix else "all"
     cat_ids = index.meta.get("category_ids") or list(range(1, len(index.classes) + 1))
@@ -134,9 +129,9 @@ def _write_coco(index: DatasetIndex, out: Path, report: ConvertReport, shown: Pr
         rel = _copy_image(sample, out / "images" / name, report)
         images.append({"id": number, "file_name": rel, "width": sample.width, "height": sample.height})
         for box, label, difficult in zip(clean.boxes.tolist(), clean.labels.tolist(), clean.difficult.tolist()):
-            w, h = round(box[2] - box[0], WIDTH_DECIMALS), round(box[3] - box[1], WIDTH_DECIMALS)
+            bbox, area = coco_box(box)
             ann: dict[str, Any] = {"id": len(annotations) + 1, "image_id": number, "category_id": cat_ids[label],
-                                   "bbox": [box[0], box[1], w, h], "area": w * h, "segmentation": [],
+                                   "bbox": bbox, "area": area, "segmentation": [],
                                    "iscrowd": int(difficult and from_coco)}
             if difficult and not from_coco:
                 ann["difficult"] = 1  # VOC difficult is not COCO crowd; kept as an extra key boxforge reads back

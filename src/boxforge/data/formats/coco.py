@@ -99,9 +99,9 @@ def read_coco(json_path: Path, root: Path | None = None, split: str | None = Non
         raise DatasetError(f"{json_path}: annotations have no 'bbox' (a COCO labels, captions or panoptic file, "
                            "not instances); pass an instances_*.json")
     for number, c in enumerate(categories):
-        if isinstance(c, dict) and "id" in c and not _is_id(c["id"]):
+        if isinstance(c, dict) and "id" in c and not is_id(c["id"]):
             raise DatasetError(f"{json_path}: categories[{number}] has id {c['id']!r}; ids must be integers or strings")
-    cats = sorted((c for c in categories if isinstance(c, dict) and "id" in c), key=lambda c: (str(type(c["id"])), c["id"]))
+    cats = category_order(categories)
     classes = [str(c.get("name", c["id"])) for c in cats]
     cat_to_label = {c["id"]: i for i, c in enumerate(cats)}
     rel_json = _rel(root, json_path)
@@ -134,7 +134,24 @@ def read_coco(json_path: Path, root: Path | None = None, split: str | None = Non
                         split=split, problems=problems, meta=meta)
 
 
-def _is_id(value: Any) -> bool:
+def category_order(categories: list[Any]) -> list[dict[str, Any]]:
+    """The categories in class order: by id (integers before strings). Class index i is the i-th of these."""
+    return sorted((c for c in categories if isinstance(c, dict) and "id" in c), key=lambda c: (str(type(c["id"])), c["id"]))
+
+
+# x2 - x1 in float64 carries ~1e-13 px of noise (0.3 - 0.1 = 0.19999999999999998); rounding the width to
+# 10 decimals gives back a COCO file's own w (two decimals in COCO's files) exactly, so COCO -> COCO and
+# COCO -> VOC -> COCO keep every bbox number.
+WIDTH_DECIMALS = 10
+
+
+def coco_box(box: list[float] | tuple[float, ...]) -> tuple[list[float], float]:
+    """(bbox [x, y, w, h], area) of an xyxy box, as boxforge writes COCO files (see WIDTH_DECIMALS)."""
+    w, h = round(box[2] - box[0], WIDTH_DECIMALS), round(box[3] - box[1], WIDTH_DECIMALS)
+    return [box[0], box[1], w, h], w * h
+
+
+def is_id(value: Any) -> bool:
     """COCO ids are integers (strings tolerated); anything else (lists, null, floats) cannot key a lookup."""
     return isinstance(value, (int, str)) and not isinstance(value, bool)
 
@@ -147,7 +164,7 @@ def _rel(root: Path, path: Path) -> str:
 
 
 def _image(im: Any, number: int, img_dir: Path, root: Path, rel_json: str, problems: list[Problem]) -> Sample | None:
-    if not isinstance(im, dict) or not _is_id(im.get("id")) or not im.get("file_name"):
+    if not isinstance(im, dict) or not is_id(im.get("id")) or not im.get("file_name"):
         problems.append(Problem("invalid_annotation", "error", "", rel_json,
                                 f"images[{number}] lacks an integer 'id' or a 'file_name'"))
         return None
@@ -173,13 +190,13 @@ def _annotation(ann: Any, number: int, samples: dict[Any, Sample], cat_to_label:
     if not isinstance(ann, dict):
         problems.append(Problem("invalid_annotation", "error", "", rel_json, f"{where} is not an object"))
         return
-    sample = samples.get(ann.get("image_id")) if _is_id(ann.get("image_id")) else None
+    sample = samples.get(ann.get("image_id")) if is_id(ann.get("image_id")) else None
     image = _rel(root, sample.image_path) if sample and sample.image_path else ""
     if sample is None:
         problems.append(Problem("invalid_annotation", "error", "", rel_json,
                                 f"{where} refers to image_id {ann.get('image_id')!r}, which is not in 'images'"))
         return
-    if not _is_id(ann.get("category_id")) or ann.get("category_id") not in cat_to_label:
+    if not is_id(ann.get("category_id")) or ann.get("category_id") not in cat_to_label:
         problems.append(Problem("unknown_class", "error", image, rel_json,
                                 f"{where} has category_id {ann.get('category_id')!r}, not in 'categories'"))
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def read_txtlist(list_file: Path, classes: list[str] | None = None, root: Path |
         sample = Sample(common.id_from_relpath(fields[0]), path, annotation_path=list_file)
         boxes, labels = [], []
         for number, field in enumerate(fields[1:], start=1):
-            parsed = _box(field, len(classes), f"line {line_no} box {number}", fields[0], rel_list, problems)
+            parsed = parse_box_field(field, len(classes), f"line {line_no} box {number}", fields[0], rel_list, problems)
             if parsed is not None:
                 boxes.append(parsed[0])
                 labels.append(parsed[1])
@@ -66,7 +67,7 @@ def read_txtlist(list_file: Path, classes: list[str] | None = None, root: Path |
     return DatasetIndex(classes=classes, samples=samples, format="txt", root=root, problems=problems)
 
 
-def _box(field: str, num_classes: int, where: str, image: str, rel_list: str,
+def parse_box_field(field: str, num_classes: int, where: str, image: str, rel_list: str,
          problems: list[Problem]) -> tuple[list[float], int] | None:
     parts = field.split(",")
     if len(parts) != 5:
@@ -88,8 +89,11 @@ def _box(field: str, num_classes: int, where: str, image: str, rel_list: str,
 def format_txtlist_line(sample: Sample, relpath: str) -> str:
     """One line of the list: integers where the box is integral, else the shortest text that reads back as the
     same float64 (48.27, not 48.2700004); 1-based class ids."""
+    return " ".join([relpath] + [format_box_field(box, label) for box, label in zip(sample.boxes, sample.labels)])
+
+
+def format_box_field(box: Any, label: int) -> str:
+    """`x1,y1,x2,y2,class` of one box (see format_txtlist_line)."""
     def num(v: float) -> str:
         return str(int(v)) if float(v).is_integer() else repr(float(v))
-    fields = [relpath] + [",".join([*(num(v) for v in box), str(int(label) + 1)])
-                          for box, label in zip(sample.boxes, sample.labels)]
-    return " ".join(fields)
+    return ",".join([*(num(v) for v in box), str(int(label) + 1)])

@@ -163,7 +163,7 @@ def _read_annotation(root: Path, img_dir: Path, ann_path: Path, image_id: str, i
     objects = []
     for number, obj in enumerate(tree.findall("object"), start=1):
         try:
-            objects.append(_object(obj))
+            objects.append(parse_object(obj))
         except ValueError as exc:
             problems.append(Problem("invalid_annotation", "error", _rel(root, sample.image_path) if sample.image_path else "",
                                     rel_ann, f"object {number}: {exc}"))
@@ -203,7 +203,7 @@ def _flag(obj: Element, tag: str) -> bool:
         return text.lower() == "true"
 
 
-def _object(obj: Element) -> tuple[str, np.ndarray, bool, bool]:
+def parse_object(obj: Element) -> tuple[str, np.ndarray, bool, bool]:
     name = (obj.findtext("name") or "").strip()
     if not name:
         raise ValueError("has no <name>")
@@ -287,7 +287,7 @@ def _read_year(root: Path, splits: list[str | None], classes: list[str] | None) 
     return union_indexes([read_voc(root, s, classes) for s in splits], [str(s) for s in splits], "+".join(map(str, splits)))
 
 
-def _fmt(value: float) -> str:
+def format_number(value: float) -> str:
     """Integers stay integers (`48`), fractional pixels keep their digits (`5.5`)."""
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
@@ -304,7 +304,7 @@ def annotation_xml(sample: Sample, classes: list[str], folder: str = "JPEGImages
         lines += ["\t<object>", f"\t\t<name>{escape(classes[int(label)])}</name>", "\t\t<pose>Unspecified</pose>",
                   f"\t\t<truncated>{int(truncated)}</truncated>", f"\t\t<difficult>{int(difficult)}</difficult>",
                   "\t\t<bndbox>"]
-        lines += [f"\t\t\t<{tag}>{_fmt(v)}</{tag}>" for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), box)]
+        lines += [f"\t\t\t<{tag}>{format_number(v)}</{tag}>" for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), box)]
         lines += ["\t\t</bndbox>", "\t</object>"]
     lines.append("</annotation>")
     return "\n".join(lines) + "\n"

@@ -195,6 +195,16 @@ def _label_path(image: Path, image_folder: Path) -> Path:
     return image.with_suffix(".txt")
 
 
+def new_label_path(image: Path) -> Path:
+    """Where a label file for `image`, which has none, goes: `_label_path`'s first choice (the last `images`
+    folder swapped for `labels`), else beside the image."""
+    parts = list(image.with_suffix(".txt").parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] in IMAGE_DIR_NAMES:
+            return Path(*parts[:i], LABEL_DIR_NAMES[0], *parts[i + 1:])
+    return image.with_suffix(".txt")
+
+
 def _read_sources(root: Path, sources: list[tuple[str, Path]], classes: list[str], *, prefix_split: bool,
                   split: str | None, image_base: Path | None = None) -> DatasetIndex:
     problems: list[Problem] = []
@@ -239,7 +249,7 @@ def _sample(root: Path, image_id: str, image_path: Path, label_path: Path, num_c
         if why:
             raise UnsafeInputError(why)
         text = read_bytes_bounded(label_path, MAX_LABEL_BYTES).decode("utf-8")
-        rows = _parse_rows(text, num_classes, rel_img, rel_lbl, problems)
+        rows = parse_label_rows(text, num_classes, rel_img, rel_lbl, problems)
     except (UnsafeInputError, UnicodeDecodeError) as exc:
         problems.append(Problem("unsafe_path" if why else "invalid_annotation", "error", rel_img, rel_lbl, str(exc)))
     if not rows or not is_inside(root, image_path):  # an image outside the root: load_dataset reports it
@@ -263,7 +273,7 @@ def _sample(root: Path, image_id: str, image_path: Path, label_path: Path, num_c
     return sample
 
 
-def _parse_rows(text: str, num_classes: int, rel_img: str, rel_lbl: str,
+def parse_label_rows(text: str, num_classes: int, rel_img: str, rel_lbl: str,
                 problems: list[Problem]) -> list[tuple[int, float, float, float, float]]:
     rows = []
     for line_no, line in enumerate(text.splitlines(), start=1):
