@@ -18,33 +18,34 @@ Sets (SETS; each trained on its train split and scored on its own held-out split
 Who (WHO): `boxforge` is `boxforge train --data D --split TRAIN --val TEST --time M --seed S`, nothing else
 (bench/accuracy.py's convention; last.pt scored, not best.pt, since the only held-out split is the test
 split); `boxforge_pretrained` adds the offline pretrained start (`--model yolo_efficientnet_lite0
---weights-backbone IMAGENET1K`). The peers `yolov8n` and `yolo26n` are Ultralytics' own yaml models from
+--weights-backbone IMAGENET1K`) and `ssdlite_pretrained` is its peer on the same backbone weights (`--model
+ssdlite_efficientnet_lite0 --weights-backbone IMAGENET1K`). The Ultralytics peers `yolov8n` and `yolo26n` are Ultralytics' own yaml models from
 scratch at imgsz 320 with its defaults and the same `time` budget, run as an external program (AGPL-3.0: never
 imported by boxforge; install it apart, e.g. `pip install --target /tmp/ulsite --no-deps ultralytics
 ultralytics-thop opencv-python-headless requests polars`, and pass --ultralytics /tmp/ulsite). Every job
 writes its test-split predictions in boxforge's predictions format, so `report` scores all of them with
-the same evaluator and runs the paired bootstrap over test images: per resample, each side's metric is the
-mean over its seeds; P(better) is the share of resamples in which boxforge's mean beats the strongest peer's.
+the same evaluator and runs the paired bootstrap over test images (COMPARISONS: the default against the
+strongest Ultralytics peer of the set, the pretrained start against the default and against ssdlite_pretrained):
+per resample, each side's metric is the mean over its seeds; P(better) is the share of resamples in which
+ours beats theirs.
 
-Every finished job is also archived in bench/results/accuracy_suite_jobs/SET/WHO-sSEED.json.gz (committed: its
-result and its test predictions, boxes rounded to 0.01 px and scores to 1e-6), and `report` reads the archive
-beside runs/, so seeds run in different sessions or on different machines add up to one table; `archive` files
-the jobs of an older runs/ folder. Jobs are independent and resumable (a finished job's result.json is kept, and
+Every finished job is also archived in bench/results/accuracy_suite_jobs/SET/WHO-sSEED.json.gz (committed;
+bench/suite_archive.py), and `report` reads the archive beside runs/, so seeds run in different sessions or on
+different machines add up to one table; a set with no job archived keeps its entry of the previous report,
+marked `from_report_of`. `archive` files the jobs of an older runs/ folder. Jobs are independent and resumable (a finished job's result.json is kept, and
 an archived job is not run again unless --redo): `--shard K/N` runs every N-th
-job from the K-th, so several sessions or machines can share the suite (4 sets x 4 runners x 3 seeds at 15
-minutes is 12 CPU-hours with the microcontroller folds counted once; each fold is a job of its own).
+job from the K-th, so several sessions or machines can share the suite (4 sets x 5 runners x 3 seeds at 15
+minutes is 15 CPU-hours with the microcontroller folds counted once; each fold is a job of its own).
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -54,15 +55,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import paired_bootstrap  # noqa: E402
 from common import RESULTS, machine  # noqa: E402
+from suite_archive import archive_job, archive_path, finished_jobs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 WORK = ROOT / "runs" / "accuracy-suite"
-ARCHIVE = RESULTS / "accuracy_suite_jobs"
 DATA = WORK / "data"
 FOLDS = 5
 PEER_IMGSZ = 320
 WHO = {"boxforge": [], "boxforge_pretrained": ["--model", "yolo_efficientnet_lite0", "--weights-backbone", "IMAGENET1K"],
+       "ssdlite_pretrained": ["--model", "ssdlite_efficientnet_lite0", "--weights-backbone", "IMAGENET1K"],
        "yolov8n": "yolov8n.yaml", "yolo26n": "yolo26n.yaml"}
 PEERS = ("yolov8n", "yolo26n")
 
@@ -216,41 +218,6 @@ def run_job(set_name: str, who: str, seed: int, minutes: float, ultralytics: str
     return result
 
 
-def archive_path(set_name: str, who: str, seed: int) -> Path:
-    return ARCHIVE / set_name / f"{who}-s{seed}.json.gz"
-
-
-def archive_job(result: dict[str, Any]) -> Path:
-    """File a finished job (its result and its test predictions) in ARCHIVE; the bytes depend only on the job."""
-    out = job_dir(result["set"], result["who"], result["seed"])
-    predictions = json.loads((out / result["predictions"]).read_text())
-    for entry in predictions["predictions"]:
-        entry["score"] = round(entry["score"], 6)
-        entry["box"] = [round(v, 2) for v in entry["box"]]
-    path = archive_path(result["set"], result["who"], result["seed"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.GzipFile(path, "wb", mtime=0) as f:
-        f.write(json.dumps({"result": result, "predictions": predictions}, separators=(",", ":")).encode())
-    return path
-
-
-def finished_jobs() -> dict[tuple[str, str, int], tuple[dict[str, Any], Any]]:
-    """(set, who, seed) -> (result, the predictions file's document) of every finished job: archived ones, and
-    those of runs/ not archived (an archived job's own runs/ copy is the same job)."""
-    found: dict[tuple[str, str, int], tuple[dict[str, Any], Any]] = {}
-    for path in sorted(ARCHIVE.glob("*/*.json.gz")):
-        with gzip.open(path, "rt") as f:
-            doc = json.load(f)
-        r = doc["result"]
-        found[(r["set"], r["who"], r["seed"])] = (r, doc["predictions"])
-    for path in sorted(WORK.glob("*/*/result.json")):
-        r = json.loads(path.read_text())
-        key = (r["set"], r["who"], r["seed"])
-        if key not in found:
-            found[key] = (r, json.loads((path.parent / r["predictions"]).read_text()))
-    return found
-
-
 def _our_predictions(weights: Path, data: Path, test: str, path: Path) -> None:
     from boxforge.data.formats.detect import load_dataset
     from boxforge.evaluation.predictions import save_predictions
@@ -323,24 +290,48 @@ def peer(set_name: str, yaml: str, minutes: float, seed: int, out: Path) -> None
 
 # ---- report --------------------------------------------------------------------------------------------------
 
-def report(repeats: int) -> None:
-    """Every finished job, per set: mean and spread over seeds; paired P(better) against the strongest peer."""
-    from boxforge.data.formats.detect import load_dataset
-    from boxforge.evaluation.predictions import load_predictions
+def _compare(index: Any, jobs_found: dict, set_name: str, ours: str, theirs: str, by_who: dict[str, list[dict]],
+             repeats: int) -> dict[str, Any]:
+    """Paired bootstrap over test images of `ours` against `theirs`: per resample, each side's metric is the
+    mean over its seeds; P(better) is the share of resamples in which ours is higher."""
+    from boxforge.evaluation.predictions import predictions_from_doc
 
-    jobs_found = finished_jobs()
+    preds = {f"{r['who']}-s{r['seed']}": predictions_from_doc(jobs_found[(set_name, r["who"], r["seed"])][1], index,
+                                                              source=f"{set_name} {r['who']} s{r['seed']}")
+             for r in by_who[ours] + by_who[theirs]}
+    boot = paired_bootstrap(index, preds, repeats)
+    side = {w: {k: np.mean([boot[f"{w}-s{r['seed']}"][k] for r in by_who[w]], axis=0) for k in ("coco_ap", "voc12")}
+            for w in (ours, theirs)}
+    return {"paired_p_better": {k: float((side[ours][k] > side[theirs][k]).mean()) for k in side[ours]},
+            "mean_difference": {k: float((side[ours][k] - side[theirs][k]).mean()) for k in side[ours]}}
+
+
+# (ours, theirs, the entry's key): the default against the strongest Ultralytics peer (picked per set), the
+# pretrained start against the from-scratch default and against the SSDLite-on-the-same-backbone peer
+COMPARISONS = (("boxforge", "strongest peer", "vs_strongest_peer"),
+               ("boxforge_pretrained", "boxforge", "pretrained_vs_scratch"),
+               ("boxforge_pretrained", "ssdlite_pretrained", "pretrained_vs_ssdlite"))
+
+
+def report(repeats: int) -> None:
+    """Every finished job, per set: mean and spread over seeds, and the paired comparisons of COMPARISONS.
+    A set none of whose jobs is archived or in runs/ keeps its entry of the previous report, marked so."""
+    from boxforge.data.formats.detect import load_dataset
+
+    jobs_found = finished_jobs(WORK)
     found = [r for r, _ in jobs_found.values()]
+    path = RESULTS / "accuracy_suite.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
     doc: dict[str, Any] = {"machine": machine(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "bootstrap_resamples": repeats, "sets": {}}
     rows = []
     for set_name in sorted({r["set"] for r in found}):
         data, _, test = sets()[set_name]
         index = load_dataset(str(data), split=test)
-        runs = [r for r in found if r["set"] == set_name]
         by_who: dict[str, list[dict]] = {}
-        for r in runs:
+        for r in sorted((r for r in found if r["set"] == set_name), key=lambda r: (r["who"], r["seed"])):
             by_who.setdefault(r["who"], []).append(r)
-        entry: dict[str, Any] = {"runs": {}, "vs_strongest_peer": {}}
+        entry: dict[str, Any] = {"runs": {}}
         for who, rs in by_who.items():
             m = {k: [r["metrics"][k] for r in rs] for k in ("coco_ap", "coco_ap50", "coco_ap75", "coco_aps", "voc12")}
             # pycocotools' -1: no ground truth in that area range (raccoon has no small objects): not a score
@@ -352,26 +343,22 @@ def report(repeats: int) -> None:
                          f"COCO AP {np.mean(m['coco_ap']):.3f} [{min(m['coco_ap']):.3f}, {max(m['coco_ap']):.3f}]  "
                          f"VOC12 {np.mean(m['voc12']):.3f}  APs {aps}"))
         peers = [w for w in by_who if w in PEERS]
-        if peers and "boxforge" in by_who:
-            strongest = max(peers, key=lambda w: entry["runs"][w]["coco_ap"]["mean"])
-            preds = {}
-            with tempfile.TemporaryDirectory() as tmp:
-                for r in by_who["boxforge"] + by_who[strongest]:
-                    file = Path(tmp) / f"{r['who']}-s{r['seed']}.json"
-                    file.write_text(json.dumps(jobs_found[(set_name, r["who"], r["seed"])][1]))
-                    preds[file.stem] = load_predictions(file, index)
-            boot = paired_bootstrap(index, preds, repeats)
-            ours = {k: np.mean([boot[f"boxforge-s{r['seed']}"][k] for r in by_who["boxforge"]], axis=0)
-                    for k in ("coco_ap", "voc12")}
-            theirs = {k: np.mean([boot[f"{strongest}-s{r['seed']}"][k] for r in by_who[strongest]], axis=0)
-                      for k in ("coco_ap", "voc12")}
-            p = {k: float((ours[k] > theirs[k]).mean()) for k in ours}
-            entry["vs_strongest_peer"] = {"peer": strongest, "paired_p_better": p,
-                                          "mean_difference": {k: float((ours[k] - theirs[k]).mean()) for k in ours}}
-            rows.append((f"{set_name} boxforge vs {strongest}",
-                         f"P(better) COCO AP {p['coco_ap']:.2f}, VOC12 {p['voc12']:.2f}"))
+        for ours, theirs, key in COMPARISONS:
+            if theirs == "strongest peer":
+                theirs = max(peers, key=lambda w: entry["runs"][w]["coco_ap"]["mean"]) if peers else ""
+            if ours in by_who and theirs in by_who:
+                entry[key] = {"ours": ours, "peer": theirs,
+                              **_compare(index, jobs_found, set_name, ours, theirs, by_who, repeats)}
+                p = entry[key]["paired_p_better"]
+                rows.append((f"{set_name} {ours} vs {theirs}", f"P(better) COCO AP {p['coco_ap']:.2f}, "
+                             f"VOC12 {p['voc12']:.2f}"))
         doc["sets"][set_name] = entry
-    path = RESULTS / "accuracy_suite.json"
+    for set_name, entry in previous.get("sets", {}).items():
+        if set_name not in doc["sets"]:  # its jobs' predictions are gone: its figures stay, said to be older
+            doc["sets"][set_name] = {**entry, "from_report_of": entry.get("from_report_of", previous.get("measured_at"))}
+            rows.append((f"{set_name}", f"kept from the report of {doc['sets'][set_name]['from_report_of']} "
+                         "(no job of it archived)"))
+    doc["sets"] = dict(sorted(doc["sets"].items()))
     path.write_text(json.dumps(doc, indent=2) + "\n")
     for a, b in rows:
         print(f"  {a:<48} {b}")
@@ -409,7 +396,7 @@ def main() -> None:
         report(args.repeats)
     elif args.command == "archive":
         for path in sorted(WORK.glob("*/*/result.json")):
-            print(f"archived {archive_job(json.loads(path.read_text()))}")
+            print(f"archived {archive_job(json.loads(path.read_text()), path.parent)}")
     else:
         unknown = sorted(set(args.sets) - set(sets()))
         if unknown:
@@ -422,7 +409,7 @@ def main() -> None:
                 print(f"[{set_name} {who} s{seed}] done already", flush=True)
                 continue
             result = run_job(set_name, who, seed, args.minutes, args.ultralytics)
-            archive_job(result)
+            archive_job(result, job_dir(set_name, who, seed))
             m = result["metrics"]
             print(f"[{set_name} {who} s{seed}] COCO AP {m['coco_ap']:.3f} VOC12 {m['voc12']:.3f} "
                   f"({result.get('img_per_s')} img/s, {result['wall_s']} s)", flush=True)

@@ -152,7 +152,13 @@ def load_predictions(path: str | Path, index: DatasetIndex, *, strict_classes: b
     `strict_classes` an error naming them.
     """
     path = Path(path)
-    doc = load_json(path)
+    return predictions_from_doc(load_json(path), index, source=path, strict_classes=strict_classes)
+
+
+def predictions_from_doc(doc: Any, index: DatasetIndex, *, source: str | Path = "predictions",
+                         strict_classes: bool = False) -> Predictions:
+    """`load_predictions` of a document already parsed (e.g. from an archive); `source` names it in errors."""
+    path = Path(source)
     if isinstance(doc, list):
         return _from_coco_results(doc, path, index, strict_classes)
     if not isinstance(doc, dict) or not isinstance(doc.get("predictions"), list):
