@@ -313,6 +313,18 @@ COMPARISONS = (("boxforge", "strongest peer", "vs_strongest_peer"),
                ("boxforge_pretrained", "ssdlite_pretrained", "pretrained_vs_ssdlite"))
 
 
+def _smallest_class(index: Any) -> str | None:
+    """The class whose test boxes are smallest (median sqrt(area) in px), the one the goal asks to hold level."""
+    sizes: dict[int, list[float]] = {}
+    for s in index.samples:
+        wh = np.clip(s.boxes[:, 2:] - s.boxes[:, :2], 0, None)
+        for label, side in zip(s.labels.tolist(), np.sqrt(wh[:, 0] * wh[:, 1]).tolist()):
+            sizes.setdefault(label, []).append(side)
+    if len(sizes) < 2:
+        return None
+    return index.classes[min(sizes, key=lambda k: float(np.median(sizes[k])))]
+
+
 def report(repeats: int) -> None:
     """Every finished job, per set: mean and spread over seeds, and the paired comparisons of COMPARISONS.
     A set none of whose jobs is archived or in runs/ keeps its entry of the previous report, marked so."""
@@ -331,17 +343,23 @@ def report(repeats: int) -> None:
         by_who: dict[str, list[dict]] = {}
         for r in sorted((r for r in found if r["set"] == set_name), key=lambda r: (r["who"], r["seed"])):
             by_who.setdefault(r["who"], []).append(r)
-        entry: dict[str, Any] = {"runs": {}}
+        smallest = _smallest_class(index)
+        entry: dict[str, Any] = {"runs": {}, "smallest_class": smallest}
         for who, rs in by_who.items():
             m = {k: [r["metrics"][k] for r in rs] for k in ("coco_ap", "coco_ap50", "coco_ap75", "coco_aps", "voc12")}
             # pycocotools' -1: no ground truth in that area range (raccoon has no small objects): not a score
             entry["runs"][who] = {"seeds": [r["seed"] for r in rs], "img_per_s": [r.get("img_per_s") for r in rs],
                                   **{k: ({"mean": float(np.mean(v)), "min": float(min(v)), "max": float(max(v))}
                                          if min(v) >= 0 else None) for k, v in m.items()}}
+            small = [r["metrics"]["per_class_coco_ap"].get(smallest) for r in rs]
+            entry["runs"][who]["smallest_class_coco_ap"] = (float(np.mean(small)) if smallest and None not in small
+                                                            else None)
             aps = f"{np.mean(m['coco_aps']):.3f}" if min(m["coco_aps"]) >= 0 else "n/a (no small objects)"
+            small_ap = entry["runs"][who]["smallest_class_coco_ap"]
             rows.append((f"{set_name} {who} ({len(rs)} seeds)",
                          f"COCO AP {np.mean(m['coco_ap']):.3f} [{min(m['coco_ap']):.3f}, {max(m['coco_ap']):.3f}]  "
-                         f"VOC12 {np.mean(m['voc12']):.3f}  APs {aps}"))
+                         f"VOC12 {np.mean(m['voc12']):.3f}  APs {aps}"
+                         + (f"  {smallest} AP {small_ap:.3f}" if small_ap is not None else "")))
         peers = [w for w in by_who if w in PEERS]
         for ours, theirs, key in COMPARISONS:
             if theirs == "strongest peer":
