@@ -42,9 +42,11 @@ class ApplyReport:
     patch: PatchReport
 
     def summary(self) -> str:
-        lines = [f"applied {self.accepted} accepted changes ({self.rejected} rejected left as they were) to a copy "
-                 f"in {self.out}: {self.patch.copied} files copied, {len(self.patch.files)} annotation files changed; "
-                 f"every change is listed in {self.manifest}"]
+        def n(count: int, what: str) -> str:
+            return f"{count} {what}{'' if count == 1 else 's'}"
+        lines = [f"applied {n(self.accepted, 'accepted change')} ({self.rejected} rejected left as they were) to a "
+                 f"copy in {self.out}: {n(self.patch.copied, 'file')} copied, {n(len(self.patch.files), 'annotation file')} "
+                 f"changed; every change is listed in {self.manifest}"]
         return "\n".join(lines + self.patch.notes)
 
 
