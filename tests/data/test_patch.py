@@ -235,3 +235,21 @@ def test_roboflow_coco_splits_read_together_change_one_splits_file(tmp_path: Pat
         {k: v for k, v in original.items() if k != "annotations"}
     assert len(doc["annotations"]) == len(original["annotations"]) - 1
     assert load_dataset(tmp_path / "new").by_id()["val/val_001"].num_objects == 1
+
+
+def test_a_symlinked_annotation_file_is_replaced_in_the_copy_never_written_through(tmp_path: Path) -> None:
+    """An annotation file that is a link (here to a file elsewhere in the dataset): the copy's link becomes the
+    edited file; what it pointed to, in the copy and in the original, stays as it was."""
+    source = _vocdevkit(tmp_path)
+    ann = source / "VOC2007" / "Annotations"
+    (source / "VOC2007" / "kept").mkdir()
+    (ann / "2007_000001.xml").rename(source / "VOC2007" / "kept" / "2007_000001.xml")
+    (ann / "2007_000001.xml").symlink_to(Path("..") / "kept" / "2007_000001.xml")
+    index = load_dataset(source, split="trainval")
+    before = _hashes(source)
+    copy_with_edits(index, tmp_path / "new", {"VOC2007/2007_000001": [Edit("remove", 0)]})
+    assert _hashes(source) == before
+    new = tmp_path / "new" / "VOC2007"
+    assert not (new / "Annotations" / "2007_000001.xml").is_symlink()
+    assert (new / "kept" / "2007_000001.xml").read_bytes() == (source / "VOC2007" / "kept" / "2007_000001.xml").read_bytes()
+    assert load_dataset(tmp_path / "new", split="trainval").by_id()["VOC2007/2007_000001"].num_objects == 2

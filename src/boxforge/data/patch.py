@@ -64,10 +64,11 @@ def copy_with_edits(index: DatasetIndex, out: Path, edits: dict[str, list[Edit]]
     if index.format not in FORMATS:
         raise BoxforgeError(f"{index.root}: a {index.format} dataset; a corrected copy is written for "
                             f"{', '.join(FORMATS)} datasets")
-    root, out = Path(index.root).resolve(), Path(out).resolve()
+    # paths as the readers built them (not resolved): a symlinked annotation file is written at the link's place
+    root, out = Path(os.path.abspath(index.root)), Path(os.path.abspath(out))
     if out == root or is_inside(root, out):
         raise BoxforgeError(f"{out}: lies inside the dataset {root}; the copy needs a folder outside it")
-    if root in (Path(root.anchor), Path.home().resolve()):
+    if root.resolve() in (Path(root.anchor), Path.home().resolve()):
         raise BoxforgeError(f"{root}: the dataset's root is {root} (several folders given?); give the dataset's "
                             "own folder, a copy of it is written")
     if out.exists() and any(out.iterdir()):
@@ -77,7 +78,7 @@ def copy_with_edits(index: DatasetIndex, out: Path, edits: dict[str, list[Edit]]
     for image_id, changes in edits.items():
         sample = samples[image_id]
         path = _annotation_file(index, sample)
-        if not is_inside(root, path):
+        if not is_inside(root, path) or os.path.relpath(path, root).startswith(".."):
             raise BoxforgeError(f"{path}: the annotation file of {image_id} lies outside the dataset folder {root}, "
                                 "which is what the copy holds")
         by_file.setdefault(path, []).append((sample, changes))
@@ -97,9 +98,9 @@ def copy_with_edits(index: DatasetIndex, out: Path, edits: dict[str, list[Edit]]
 
 def _annotation_file(index: DatasetIndex, sample: Sample) -> Path:
     if sample.annotation_path is not None:
-        return Path(sample.annotation_path).resolve()
+        return Path(os.path.abspath(sample.annotation_path))
     if index.format == "yolo" and sample.image_path is not None:  # a background image: its label file is new
-        return yolo.new_label_path(Path(sample.image_path)).resolve()
+        return Path(os.path.abspath(yolo.new_label_path(Path(sample.image_path))))
     raise BoxforgeError(f"{sample.image_id}: no annotation file to change (the reader found none)")
 
 
