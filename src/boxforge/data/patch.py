@@ -206,8 +206,7 @@ def _patch_coco(path: Path, entries: list[tuple[Sample, list[Edit]]], index: Dat
     annotations = doc.get("annotations") or []
     for n, ann in enumerate(annotations):  # the reader's rule (coco._annotation) for a box it keeps
         if (isinstance(ann, dict) and ann.get("image_id") in per_image and ann.get("category_id") in cat_to_label
-                and isinstance(ann.get("bbox"), list) and len(ann["bbox"]) == 4
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ann["bbox"])):
+                and coco.is_bbox(ann.get("bbox"))):
             per_image[ann["image_id"]].append(n)
     next_id = max([a["id"] for a in annotations if isinstance(a, dict) and isinstance(a.get("id"), int)
                    and not isinstance(a.get("id"), bool)], default=0) + 1
@@ -280,13 +279,15 @@ def _patch_yolo(path: Path, entries: list[tuple[Sample, list[Edit]]], index: Dat
     lines = text.splitlines(keepends=True)
     newline = "\r\n" if text.endswith("\r\n") else "\n"
     rows: list[int] = []  # line number of each label, by the reader's own parse of each line
+    parsed = []
     for n, line in enumerate(lines):
-        if yolo.parse_label_rows(line, len(index.classes), "", "", []):
+        row = yolo.parse_label_rows(line, len(index.classes), "", "", [])
+        if row:
             rows.append(n)
+            parsed.append(row[0])
     w, h = sample.width, sample.height
     if changes and (w <= 0 or h <= 0):
         raise BoxforgeError(f"{path}: the size of {sample.image_id}'s image is unknown; YOLO boxes are fractions of it")
-    parsed = [yolo.parse_label_rows(lines[n], len(index.classes), "", "", [])[0] for n in rows]
     found = np.array([[cx * w - bw * w / 2, cy * h - bh * h / 2, cx * w + bw * w / 2, cy * h + bh * h / 2]
                       for _, cx, cy, bw, bh in parsed], dtype=np.float64).reshape(-1, 4)
     _check(path, sample, found, [r[0] for r in parsed])

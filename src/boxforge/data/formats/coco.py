@@ -151,6 +151,12 @@ def coco_box(box: list[float] | tuple[float, ...]) -> tuple[list[float], float]:
     return [box[0], box[1], w, h], w * h
 
 
+def is_bbox(value: Any) -> bool:
+    """A bbox the reader keeps: a list of four numbers [x, y, w, h] (their validity is `check`'s business)."""
+    return (isinstance(value, list) and len(value) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+
 def is_id(value: Any) -> bool:
     """COCO ids are integers (strings tolerated); anything else (lists, null, floats) cannot key a lookup."""
     return isinstance(value, (int, str)) and not isinstance(value, bool)
@@ -201,8 +207,7 @@ def _annotation(ann: Any, number: int, samples: dict[Any, Sample], cat_to_label:
                                 f"{where} has category_id {ann.get('category_id')!r}, not in 'categories'"))
         return
     bbox = ann.get("bbox")
-    if not (isinstance(bbox, list) and len(bbox) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+    if not is_bbox(bbox):
         problems.append(Problem("invalid_annotation", "error", image, rel_json, f"{where} has bbox {bbox!r}, expected [x, y, w, h]"))
         return
     crowd = bool(ann.get("iscrowd", 0)) or bool(ann.get("difficult", 0))  # `difficult`: boxforge's VOC flag
