@@ -45,3 +45,14 @@ def test_commands_without_a_model_do_not_import_torch(voc: Path, tmp_path: Path,
     last = proc.stdout.strip().splitlines()[-1]
     assert last.split()[1] in ("0", "None"), proc.stdout + proc.stderr
     assert last.startswith("NO-TORCH"), f"{command} imported torch"
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(voc: Path) -> None:
+    """`boxforge check DATA | head -1`: once the reader has closed the pipe, the command ends with SIGPIPE's
+    status (141) and no traceback, as Unix tools do, instead of 'BrokenPipeError' on stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "boxforge", "check", str(voc)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -621,7 +622,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "train" and hasattr(args, "local_rank"):
             raise BoxforgeError("--local-rank is for train (as torch.distributed.launch passes it)")
         progress_setting()  # a bad BOXFORGE_PROGRESS fails now, not after the data is loaded
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # inside the try: a reader gone by now (`| head`) is caught below, not at exit
+        return code
+    except BrokenPipeError:
+        # `boxforge predict ... | head`: the reader has what it wanted. End quietly, as Unix tools do, instead of
+        # a traceback; stdout goes to devnull so the interpreter's own flush at exit cannot raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # SIGPIPE's exit status, what a shell reports for a tool killed by it
     except BoxforgeError as exc:
         print(f"boxforge {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
