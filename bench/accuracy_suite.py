@@ -30,9 +30,10 @@ per resample, each side's metric is the mean over its seeds; P(better) is the sh
 ours beats theirs.
 
 Every finished job is also archived in bench/results/accuracy_suite_jobs/SET/WHO-sSEED.json.gz (committed;
-bench/suite_archive.py), and `report` reads the archive beside runs/, so seeds run in different sessions or on
-different machines add up to one table; a set with no job archived keeps its entry of the previous report,
-marked `from_report_of`. `archive` files the jobs of an older runs/ folder. Jobs are independent and resumable (a finished job's result.json is kept, and
+bench/suite_archive.py), and `report` (bench/suite_report.py) reads the archive beside runs/, so seeds run in
+different sessions or on different machines add up to one table; a set or a runner with no job archived keeps
+its entry of the previous report, marked `from_report_of`, and a comparison is made only where both sides'
+predictions are found. `archive` files the jobs of an older runs/ folder. Jobs are independent and resumable (a finished job's result.json is kept, and
 an archived job is not run again unless --redo): `--shard K/N` runs every N-th
 job from the K-th, so several sessions or machines can share the suite (4 sets x 5 runners x 3 seeds at 15
 minutes is 15 CPU-hours with the microcontroller folds counted once; each fold is a job of its own).
@@ -53,9 +54,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import paired_bootstrap  # noqa: E402
-from common import RESULTS, machine  # noqa: E402
-from suite_archive import archive_job, archive_path, finished_jobs  # noqa: E402
+from suite_archive import archive_job, archive_path  # noqa: E402
+from suite_report import report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -288,101 +288,6 @@ def peer(set_name: str, yaml: str, minutes: float, seed: int, out: Path) -> None
                                                "img_per_s": round(epochs * n_train / train_s, 1)}))
 
 
-# ---- report --------------------------------------------------------------------------------------------------
-
-def _compare(index: Any, jobs_found: dict, set_name: str, ours: str, theirs: str, by_who: dict[str, list[dict]],
-             repeats: int) -> dict[str, Any]:
-    """Paired bootstrap over test images of `ours` against `theirs`: per resample, each side's metric is the
-    mean over its seeds; P(better) is the share of resamples in which ours is higher."""
-    from boxforge.evaluation.predictions import predictions_from_doc
-
-    preds = {f"{r['who']}-s{r['seed']}": predictions_from_doc(jobs_found[(set_name, r["who"], r["seed"])][1], index,
-                                                              source=f"{set_name} {r['who']} s{r['seed']}")
-             for r in by_who[ours] + by_who[theirs]}
-    boot = paired_bootstrap(index, preds, repeats)
-    side = {w: {k: np.mean([boot[f"{w}-s{r['seed']}"][k] for r in by_who[w]], axis=0) for k in ("coco_ap", "voc12")}
-            for w in (ours, theirs)}
-    return {"paired_p_better": {k: float((side[ours][k] > side[theirs][k]).mean()) for k in side[ours]},
-            "mean_difference": {k: float((side[ours][k] - side[theirs][k]).mean()) for k in side[ours]}}
-
-
-# (ours, theirs, the entry's key): the default against the strongest Ultralytics peer (picked per set), the
-# pretrained start against the from-scratch default and against the SSDLite-on-the-same-backbone peer
-COMPARISONS = (("boxforge", "strongest peer", "vs_strongest_peer"),
-               ("boxforge_pretrained", "boxforge", "pretrained_vs_scratch"),
-               ("boxforge_pretrained", "ssdlite_pretrained", "pretrained_vs_ssdlite"))
-
-
-def _smallest_class(index: Any) -> str | None:
-    """The class whose test boxes are smallest (median sqrt(area) in px), the one the goal asks to hold level."""
-    sizes: dict[int, list[float]] = {}
-    for s in index.samples:
-        wh = np.clip(s.boxes[:, 2:] - s.boxes[:, :2], 0, None)
-        for label, side in zip(s.labels.tolist(), np.sqrt(wh[:, 0] * wh[:, 1]).tolist()):
-            sizes.setdefault(label, []).append(side)
-    if len(sizes) < 2:
-        return None
-    return index.classes[min(sizes, key=lambda k: float(np.median(sizes[k])))]
-
-
-def report(repeats: int) -> None:
-    """Every finished job, per set: mean and spread over seeds, and the paired comparisons of COMPARISONS.
-    A set none of whose jobs is archived or in runs/ keeps its entry of the previous report, marked so."""
-    from boxforge.data.formats.detect import load_dataset
-
-    jobs_found = finished_jobs(WORK)
-    found = [r for r, _ in jobs_found.values()]
-    path = RESULTS / "accuracy_suite.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
-    doc: dict[str, Any] = {"machine": machine(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "bootstrap_resamples": repeats, "sets": {}}
-    rows = []
-    for set_name in sorted({r["set"] for r in found}):
-        data, _, test = sets()[set_name]
-        index = load_dataset(str(data), split=test)
-        by_who: dict[str, list[dict]] = {}
-        for r in sorted((r for r in found if r["set"] == set_name), key=lambda r: (r["who"], r["seed"])):
-            by_who.setdefault(r["who"], []).append(r)
-        smallest = _smallest_class(index)
-        entry: dict[str, Any] = {"runs": {}, "smallest_class": smallest}
-        for who, rs in by_who.items():
-            m = {k: [r["metrics"][k] for r in rs] for k in ("coco_ap", "coco_ap50", "coco_ap75", "coco_aps", "voc12")}
-            # pycocotools' -1: no ground truth in that area range (raccoon has no small objects): not a score
-            entry["runs"][who] = {"seeds": [r["seed"] for r in rs], "img_per_s": [r.get("img_per_s") for r in rs],
-                                  **{k: ({"mean": float(np.mean(v)), "min": float(min(v)), "max": float(max(v))}
-                                         if min(v) >= 0 else None) for k, v in m.items()}}
-            small = [r["metrics"]["per_class_coco_ap"].get(smallest) for r in rs]
-            entry["runs"][who]["smallest_class_coco_ap"] = (float(np.mean(small)) if smallest and None not in small
-                                                            else None)
-            aps = f"{np.mean(m['coco_aps']):.3f}" if min(m["coco_aps"]) >= 0 else "n/a (no small objects)"
-            small_ap = entry["runs"][who]["smallest_class_coco_ap"]
-            rows.append((f"{set_name} {who} ({len(rs)} seeds)",
-                         f"COCO AP {np.mean(m['coco_ap']):.3f} [{min(m['coco_ap']):.3f}, {max(m['coco_ap']):.3f}]  "
-                         f"VOC12 {np.mean(m['voc12']):.3f}  APs {aps}"
-                         + (f"  {smallest} AP {small_ap:.3f}" if small_ap is not None else "")))
-        peers = [w for w in by_who if w in PEERS]
-        for ours, theirs, key in COMPARISONS:
-            if theirs == "strongest peer":
-                theirs = max(peers, key=lambda w: entry["runs"][w]["coco_ap"]["mean"]) if peers else ""
-            if ours in by_who and theirs in by_who:
-                entry[key] = {"ours": ours, "peer": theirs,
-                              **_compare(index, jobs_found, set_name, ours, theirs, by_who, repeats)}
-                p = entry[key]["paired_p_better"]
-                rows.append((f"{set_name} {ours} vs {theirs}", f"P(better) COCO AP {p['coco_ap']:.2f}, "
-                             f"VOC12 {p['voc12']:.2f}"))
-        doc["sets"][set_name] = entry
-    for set_name, entry in previous.get("sets", {}).items():
-        if set_name not in doc["sets"]:  # its jobs' predictions are gone: its figures stay, said to be older
-            doc["sets"][set_name] = {**entry, "from_report_of": entry.get("from_report_of", previous.get("measured_at"))}
-            rows.append((f"{set_name}", f"kept from the report of {doc['sets'][set_name]['from_report_of']} "
-                         "(no job of it archived)"))
-    doc["sets"] = dict(sorted(doc["sets"].items()))
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    for a, b in rows:
-        print(f"  {a:<48} {b}")
-    print(f"  (written to {path})")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -411,7 +316,7 @@ def main() -> None:
     elif args.command == "_peer":
         peer(args.set, args.yaml, args.minutes, args.seed, args.out)
     elif args.command == "report":
-        report(args.repeats)
+        report(args.repeats, WORK, sets(), PEERS)
     elif args.command == "archive":
         for path in sorted(WORK.glob("*/*/result.json")):
             print(f"archived {archive_job(json.loads(path.read_text()), path.parent)}")
