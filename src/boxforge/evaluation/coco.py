@@ -73,6 +73,9 @@ def to_coco_results(preds: Predictions, index: DatasetIndex) -> list[dict[str, A
 
 
 def _is_id(value: Any) -> bool:
+    """A results entry's category id that can key a lookup. Wider than the dataset reader's `coco.is_id` on
+    purpose: a results file's `3.0` is category 3 to pycocotools (3.0 == 3 as a dict key), so it is scored as
+    pycocotools would score it; only unhashable or boolean ids are left out."""
     return isinstance(value, (int, float, str)) and not isinstance(value, bool)
 
 
