@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from boxforge.data.formats.detect import load_dataset
+from boxforge.data import patch
 from boxforge.data.patch import Edit, copy_with_edits
 from boxforge.errors import BoxforgeError
 
@@ -237,7 +238,8 @@ def test_roboflow_coco_splits_read_together_change_one_splits_file(tmp_path: Pat
     assert load_dataset(tmp_path / "new").by_id()["val/val_001"].num_objects == 1
 
 
-def test_a_symlinked_annotation_file_is_replaced_in_the_copy_never_written_through(tmp_path: Path) -> None:
+def test_a_symlinked_annotation_file_is_replaced_in_the_copy_never_written_through(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An annotation file that is a link (here to a file elsewhere in the dataset): the copy's link becomes the
     edited file; what it pointed to, in the copy and in the original, stays as it was."""
     source = _vocdevkit(tmp_path)
@@ -247,8 +249,13 @@ def test_a_symlinked_annotation_file_is_replaced_in_the_copy_never_written_throu
     (ann / "2007_000001.xml").symlink_to(Path("..") / "kept" / "2007_000001.xml")
     index = load_dataset(source, split="trainval")
     before = _hashes(source)
-    copy_with_edits(index, tmp_path / "new", {"VOC2007/2007_000001": [Edit("remove", 0)]})
+    totals: list[int] = []
+    shown = patch.progress
+    monkeypatch.setattr(patch, "progress", lambda total, **kw: totals.append(total) or shown(total, **kw))
+    report = copy_with_edits(index, tmp_path / "new", {"VOC2007/2007_000001": [Edit("remove", 0)]})
     assert _hashes(source) == before
+    # the link is recreated as a link, not copied: neither the count nor the progress bar's total holds it
+    assert totals == [report.copied] == [sum(p.is_file() and not p.is_symlink() for p in source.rglob("*"))]
     new = tmp_path / "new" / "VOC2007"
     assert not (new / "Annotations" / "2007_000001.xml").is_symlink()
     assert (new / "kept" / "2007_000001.xml").read_bytes() == (source / "VOC2007" / "kept" / "2007_000001.xml").read_bytes()

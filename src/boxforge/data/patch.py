@@ -106,7 +106,8 @@ def _annotation_file(index: DatasetIndex, sample: Sample) -> Path:
 
 def _copy_tree(root: Path, out: Path) -> int:
     """Every file of `root` copied into `out` (contents and times; symlinks stay links); returns the count."""
-    total = sum(len(files) for _, _, files in os.walk(root))
+    # copytree recreates a symlink itself, never through copy(): the progress total counts what copy() sees
+    total = sum(not os.path.islink(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
     copied = [0]
     with progress(total, label="copy", unit="files") as shown:
         def copy(src: str, dst: str) -> str:
