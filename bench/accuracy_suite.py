@@ -29,6 +29,10 @@ strongest Ultralytics peer of the set, the pretrained start against the default 
 per resample, each side's metric is the mean over its seeds; P(better) is the share of resamples in which
 ours beats theirs.
 
+Levers (LEVERS; run only when named in --who): a runner's arguments with one setting changed, archived and
+reported like the others and compared with the runner it varies (`LEVER_vs_BASE` in the report), so a
+candidate default is measured on every set, seeds against seeds, before it becomes one.
+
 Every finished job is also archived in bench/results/accuracy_suite_jobs/SET/WHO-sSEED.json.gz (committed;
 bench/suite_archive.py), and `report` (bench/suite_report.py) reads the archive beside runs/, so seeds run in
 different sessions or on different machines add up to one table; a set or a runner with no job archived keeps
@@ -67,6 +71,17 @@ WHO = {"boxforge": [], "boxforge_pretrained": ["--model", "yolo_efficientnet_lit
        "ssdlite_pretrained": ["--model", "ssdlite_efficientnet_lite0", "--weights-backbone", "IMAGENET1K"],
        "yolov8n": "yolov8n.yaml", "yolo26n": "yolo26n.yaml"}
 PEERS = ("yolov8n", "yolo26n")
+# lever runner -> (the runner it varies, the arguments it adds). boxforge_pretrained_auto: the default's
+# data-derived input size (256 px for large objects, up to 640 for small ones) instead of the pretrained start's
+# fixed 320. boxforge_img320 / boxforge_img416: the default with --img-size auto capped at the images' own size
+# (a multiple of 32 at or above it) where auto upsamples: dense_synth (about 300 x 240 px images, auto 608) and
+# dense_tiles (400 x 400, auto 640); run on those sets only, the others' auto sizes are already below native.
+LEVERS: dict[str, tuple[str, list[str]]] = {
+    "boxforge_pretrained_auto": ("boxforge_pretrained", ["--img-size", "auto"]),
+    "boxforge_img320": ("boxforge", ["--img-size", "320"]),
+    "boxforge_img416": ("boxforge", ["--img-size", "416"])}
+RUNNERS = tuple(WHO)  # what `run` runs by default: the levers only when asked for
+WHO.update({lever: [*WHO[base], *extra] for lever, (base, extra) in LEVERS.items()})
 
 
 def sets() -> dict[str, tuple[Path, str, str]]:
@@ -294,7 +309,8 @@ def main() -> None:
     sub.add_parser("prepare")
     r = sub.add_parser("run")
     r.add_argument("--sets", nargs="+", default=list(sets()))
-    r.add_argument("--who", nargs="+", default=list(WHO), choices=list(WHO))
+    r.add_argument("--who", nargs="+", default=list(RUNNERS), choices=list(WHO),
+                   help=f"runners (default: {' '.join(RUNNERS)}; levers: {' '.join(LEVERS)})")
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     r.add_argument("--minutes", type=float, default=15.0)
     r.add_argument("--shard", default="0/1", metavar="K/N")
@@ -316,7 +332,7 @@ def main() -> None:
     elif args.command == "_peer":
         peer(args.set, args.yaml, args.minutes, args.seed, args.out)
     elif args.command == "report":
-        report(args.repeats, WORK, sets(), PEERS)
+        report(args.repeats, WORK, sets(), PEERS, levers={lever: base for lever, (base, _) in LEVERS.items()})
     elif args.command == "archive":
         for path in sorted(WORK.glob("*/*/result.json")):
             print(f"archived {archive_job(json.loads(path.read_text()), path.parent)}")

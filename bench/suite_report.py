@@ -1,5 +1,6 @@
 """The accuracy suite's report (bench/accuracy_suite.py `report`): every finished job scored with one evaluator,
-mean and spread over seeds per set and runner, and the paired comparisons of COMPARISONS.
+mean and spread over seeds per set and runner, and the paired comparisons of COMPARISONS, plus each lever
+runner (a runner's arguments with one setting changed, bench/accuracy_suite.py LEVERS) against the runner it varies.
 
 The suite is run in pieces (one 15-minute job at a time, across sessions and machines), so a report must add
 the new jobs to what is known without losing the rest:
@@ -85,7 +86,7 @@ def _compare(index: Any, jobs_found: dict, set_name: str, ours: str, theirs: str
 
 def _set_entry(set_name: str, index: Any, jobs_found: dict, by_who: dict[str, list[dict]],
                before: dict[str, Any], before_at: str | None, peers: tuple[str, ...], repeats: int,
-               rows: list[tuple[str, str]]) -> dict[str, Any]:
+               rows: list[tuple[str, str]], comparisons: tuple[tuple[str, str, str], ...]) -> dict[str, Any]:
     """A set with jobs found: fresh runners from them, the other runners and comparisons kept from `before`
     (the set's entry in the previous report, measured at `before_at`)."""
     smallest = _smallest_class(index)
@@ -101,7 +102,7 @@ def _set_entry(set_name: str, index: Any, jobs_found: dict, by_who: dict[str, li
         rows.append(_row(set_name, who, run, smallest))
     present = [w for w in entry["runs"] if w in peers]
     strongest = max(present, key=lambda w: entry["runs"][w]["coco_ap"]["mean"]) if present else None
-    for ours, theirs, key in COMPARISONS:
+    for ours, theirs, key in comparisons:
         theirs = strongest if theirs == "strongest peer" else theirs
         if theirs is None or ours not in entry["runs"] or theirs not in entry["runs"]:
             continue
@@ -131,11 +132,13 @@ def _set_entry(set_name: str, index: Any, jobs_found: dict, by_who: dict[str, li
 
 def report(repeats: int, work: Path, sets: dict[str, tuple[Path, str, str]], peers: tuple[str, ...],
            path: Path = RESULTS / "accuracy_suite.json",
-           jobs: Callable[[Path], dict] = finished_jobs) -> dict[str, Any]:
+           jobs: Callable[[Path], dict] = finished_jobs, levers: dict[str, str] | None = None) -> dict[str, Any]:
     """Write `path` from every finished job (archived or under `work`) and the previous report; print a table.
 
     `sets` maps a set's name to (data, train split, test split); `peers` names the Ultralytics runners, among
-    which the strongest on each set is the one the default is compared with."""
+    which the strongest on each set is the one the default is compared with; `levers` maps a lever runner to
+    the runner it varies, compared as `LEVER_vs_BASE` wherever either has jobs."""
+    comparisons = COMPARISONS + tuple((lever, base, f"{lever}_vs_{base}") for lever, base in (levers or {}).items())
     from boxforge.data.formats.detect import load_dataset
 
     jobs_found = jobs(work)
@@ -151,7 +154,7 @@ def report(repeats: int, work: Path, sets: dict[str, tuple[Path, str, str]], pee
         for r in sorted((r for r in found if r["set"] == set_name), key=lambda r: (r["who"], r["seed"])):
             by_who.setdefault(r["who"], []).append(r)
         doc["sets"][set_name] = _set_entry(set_name, index, jobs_found, by_who, previous.get("sets", {}).get(set_name, {}),
-                                           previous.get("measured_at"), peers, repeats, rows)
+                                           previous.get("measured_at"), peers, repeats, rows, comparisons)
     for set_name, entry in previous.get("sets", {}).items():
         if set_name not in doc["sets"]:  # none of its jobs' predictions is here: its figures stay, said to be older
             doc["sets"][set_name] = {**entry, "from_report_of": entry.get("from_report_of", previous.get("measured_at"))}

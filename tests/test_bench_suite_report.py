@@ -84,3 +84,17 @@ def test_fresh_jobs_replace_the_figures_they_measure(data: Path, tmp_path: Path)
     assert entry["vs_strongest_peer"]["peer"] == "yolo26n"
     assert "from_report_of" not in entry["vs_strongest_peer"]
     assert entry["vs_strongest_peer"]["paired_p_better"]["coco_ap"] == 1.0
+
+
+def test_a_lever_is_compared_with_the_runner_it_varies(data: Path, tmp_path: Path) -> None:
+    jobs = dict([_job("boxforge_pretrained", 0, 6.0, 0.4), _job("boxforge_pretrained_auto", 0, 0.0, 0.9),
+                 _job("boxforge", 0, 0.0, 0.8)])
+    entry = suite_report.report(5, tmp_path, {"s": (data, "train", "test")}, ("yolov8n", "yolo26n"),
+                                path=tmp_path / "accuracy_suite.json", jobs=lambda work: jobs,
+                                levers={"boxforge_pretrained_auto": "boxforge_pretrained",
+                                        "boxforge_unrun": "boxforge"})["sets"]["s"]
+    lever = entry["boxforge_pretrained_auto_vs_boxforge_pretrained"]
+    assert (lever["ours"], lever["peer"]) == ("boxforge_pretrained_auto", "boxforge_pretrained")
+    assert lever["paired_p_better"]["coco_ap"] == 1.0 and lever["mean_difference"]["coco_ap"] > 0.3
+    assert "boxforge_unrun_vs_boxforge" not in entry  # a lever with no job makes no row
+    assert entry["runs"]["boxforge_pretrained_auto"]["coco_ap"]["mean"] == 0.9
