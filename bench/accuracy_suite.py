@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from suite_archive import archive_job, archive_path  # noqa: E402
+from suite_archive import archive_job, archive_path, refile  # noqa: E402
 from suite_report import report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,15 +71,17 @@ WHO = {"boxforge": [], "boxforge_pretrained": ["--model", "yolo_efficientnet_lit
        "ssdlite_pretrained": ["--model", "ssdlite_efficientnet_lite0", "--weights-backbone", "IMAGENET1K"],
        "yolov8n": "yolov8n.yaml", "yolo26n": "yolo26n.yaml"}
 PEERS = ("yolov8n", "yolo26n")
-# lever runner -> (the runner it varies, the arguments it adds). boxforge_pretrained_auto: the default's
-# data-derived input size (256 px for large objects, up to 640 for small ones) instead of the pretrained start's
-# fixed 320. boxforge_img320 / boxforge_img416: the default with --img-size auto capped at the images' own size
-# (a multiple of 32 at or above it) where auto upsamples: dense_synth (about 300 x 240 px images, auto 608) and
-# dense_tiles (400 x 400, auto 640); run on those sets only, the others' auto sizes are already below native.
+# lever runner -> (the runner it varies, the arguments it adds). boxforge_img608 / boxforge_img640: the default's
+# input size on dense_synth / dense_tiles before --img-size auto was capped at the images' own size (it now
+# chooses 352 / 416 there; on the other sets it is already below their size); boxforge_img320: a size below that
+# cap on dense_synth. boxforge_pretrained_img320: the pretrained start's fixed size before its recipe took
+# --img-size auto. Jobs run under an earlier default are refiled (`refile`) under the lever that names their
+# setting, with the reason kept in the result.
 LEVERS: dict[str, tuple[str, list[str]]] = {
-    "boxforge_pretrained_auto": ("boxforge_pretrained", ["--img-size", "auto"]),
+    "boxforge_img608": ("boxforge", ["--img-size", "608"]),
+    "boxforge_img640": ("boxforge", ["--img-size", "640"]),
     "boxforge_img320": ("boxforge", ["--img-size", "320"]),
-    "boxforge_img416": ("boxforge", ["--img-size", "416"])}
+    "boxforge_pretrained_img320": ("boxforge_pretrained", ["--img-size", "320"])}
 RUNNERS = tuple(WHO)  # what `run` runs by default: the levers only when asked for
 WHO.update({lever: [*WHO[base], *extra] for lever, (base, extra) in LEVERS.items()})
 
@@ -225,23 +227,27 @@ def run_job(set_name: str, who: str, seed: int, minutes: float, ultralytics: str
         rows = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines() if x.strip()]
         steps = [r for r in rows if "img_per_s" in r]
         extra = {"img_per_s": round(steps[-1]["img_per_s"], 1) if steps else None,
-                 "images_seen": steps[-1].get("images_seen") if steps else None}
-        _our_predictions(out / "run" / "last.pt", data, test, out / "predictions.json")
+                 "images_seen": steps[-1].get("images_seen") if steps else None,
+                 "img_size": _our_predictions(out / "run" / "last.pt", data, test, out / "predictions.json")}
     result = {"set": set_name, "who": who, "seed": seed, "minutes": minutes, "wall_s": round(time.perf_counter() - start),
               "predictions": "predictions.json", **extra, "metrics": score(data, test, out / "predictions.json")}
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def _our_predictions(weights: Path, data: Path, test: str, path: Path) -> None:
+def _our_predictions(weights: Path, data: Path, test: str, path: Path) -> int | None:
+    """Write the test split's predictions of `weights`; return the input size it was trained at (--img-size
+    auto's choice is known only here)."""
     from boxforge.data.formats.detect import load_dataset
     from boxforge.evaluation.predictions import save_predictions
     from boxforge.inference.evaluate import model_predictions
     from boxforge.inference.load import load_model
 
     index = load_dataset(str(data), split=test)
-    preds, _, _ = model_predictions(index, load_model(weights, "cpu").backend)
+    loaded = load_model(weights, "cpu")
+    preds, _, _ = model_predictions(index, loaded.backend)
     save_predictions(preds, index.classes, path)
+    return (loaded.state or {}).get("build_args", {}).get("img_size")
 
 
 def score(data: Path, test: str, predictions: Path) -> dict[str, Any]:
@@ -299,8 +305,11 @@ def peer(set_name: str, yaml: str, minutes: float, seed: int, out: Path) -> None
         b = result.boxes
         preds.add(sample.image_id, b.xyxy.numpy(), b.conf.numpy(), b.cls.numpy().astype(np.int64))
     save_predictions(preds, index.classes, out / "predictions.json")
+    import ultralytics
+
     (out / "peer.json").write_text(json.dumps({"epochs": epochs, "images_seen": epochs * n_train,
-                                               "img_per_s": round(epochs * n_train / train_s, 1)}))
+                                               "img_per_s": round(epochs * n_train / train_s, 1),
+                                               "img_size": PEER_IMGSZ, "ultralytics": ultralytics.__version__}))
 
 
 def main() -> None:
@@ -324,6 +333,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     sub.add_parser("archive", help="file every finished job of runs/accuracy-suite in "
                    "bench/results/accuracy_suite_jobs")
+    f = sub.add_parser("refile", help="file an archived job under another runner's name (a default changed)")
+    f.add_argument("set")
+    f.add_argument("who")
+    f.add_argument("seed", type=int)
+    f.add_argument("new_who", choices=list(WHO))
+    f.add_argument("--why", required=True)
     rep = sub.add_parser("report")
     rep.add_argument("--repeats", type=int, default=200)
     args = ap.parse_args()
@@ -333,6 +348,8 @@ def main() -> None:
         peer(args.set, args.yaml, args.minutes, args.seed, args.out)
     elif args.command == "report":
         report(args.repeats, WORK, sets(), PEERS, levers={lever: base for lever, (base, _) in LEVERS.items()})
+    elif args.command == "refile":
+        print(f"refiled as {refile(args.set, args.who, args.seed, args.new_who, args.why)}")
     elif args.command == "archive":
         for path in sorted(WORK.glob("*/*/result.json")):
             print(f"archived {archive_job(json.loads(path.read_text()), path.parent)}")

@@ -51,3 +51,21 @@ def finished_jobs(work: Path) -> dict[Job, tuple[dict[str, Any], Any]]:
         if key not in found:
             found[key] = (r, json.loads((path.parent / r["predictions"]).read_text()))
     return found
+
+
+def refile(set_name: str, who: str, seed: int, new_who: str, why: str) -> Path:
+    """File an archived job under another runner's name, when a default change makes its settings another
+    runner's: the old default becomes a lever that names its setting, and a lever whose setting the new default
+    chooses becomes the default's job. The result keeps the trail (`refiled`: from whom, why), nothing else
+    changes; the old file is removed, so the job is counted once."""
+    old, new = archive_path(set_name, who, seed), archive_path(set_name, new_who, seed)
+    if new.exists():
+        raise SystemExit(f"{new} exists: refile that job first")
+    with gzip.open(old, "rt") as f:
+        doc = json.load(f)
+    doc["result"]["who"] = new_who
+    doc["result"].setdefault("refiled", []).append({"from": who, "why": why})
+    with gzip.GzipFile(new, "wb", mtime=0) as f:
+        f.write(json.dumps(doc, separators=(",", ":")).encode())
+    old.unlink()
+    return new

@@ -210,7 +210,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup", type=float, help="fraction of the run in linear warm-up")
     p.add_argument("--img-size", type=_size_or_auto, metavar="PX|auto",
-                   help="input size (default: the model's; yolo_csp: auto, from the training boxes' sizes)")
+                   help="input size (default: the model's; yolo_csp: auto, from the training boxes' sizes, "
+                   "never past the images' own size)")
     p.add_argument("--workers", type=int, help="data loader worker processes (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int)

@@ -294,8 +294,10 @@ def test_fold_models_default_to_the_pretrained_backbone_where_its_weights_are_in
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == run.PRETRAINED_MODULE
                         else real(name))
     assert run.fold_settings({"seed": 1}, lines.append) == {"seed": 1, **run.PRETRAINED_FOLDS}
+    assert run.PRETRAINED_FOLDS["img_size"] == 320  # the size the audit's figures were measured at
+    assert run.fold_settings({"img_size": 256}, lines.append)["img_size"] == 256  # the user's --img-size wins
     assert run.fold_settings({"model": "ssd_tiny"}, lines.append) == {"model": "ssd_tiny"}
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == run.PRETRAINED_MODULE
                         else real(name))
     assert run.fold_settings({"seed": 1}, lines.append) == {"seed": 1}
-    assert "yolo_efficientnet_lite0" in lines[0] and "boxforge[pretrained]" in lines[1] and len(lines) == 2
+    assert "yolo_efficientnet_lite0" in lines[0] and "boxforge[pretrained]" in lines[2] and len(lines) == 3

@@ -163,13 +163,12 @@ def measure(cfg: TrainConfig, chosen: TrainVal, plan: TrainPlan) -> TrainPlan:
 def plan_training(cfg: TrainConfig) -> TrainPlan:
     """The plan of `cfg` (see the module docstring), measured."""
     from boxforge.data.splits import load_train_val
-    from boxforge.models.anchors import relative_box_shapes
-    from boxforge.models.input_size import choose_img_size
+    from boxforge.models.input_size import auto_img_size
 
     chosen = load_train_val(cfg.data if len(cfg.data) > 1 else cfg.data[0], split=cfg.split, val=cfg.val,
                             format=cfg.format, allow_overlap=cfg.allow_overlap)
     size, reason = cfg.img_size, None
     if cfg.img_size == "auto":
-        size, reason = choose_img_size(relative_box_shapes(chosen.train))
+        size, reason = auto_img_size(chosen.train)
     plan = describe(cfg, chosen, size if isinstance(size, int) else None, reason)
     return measure(cfg, chosen, plan)

@@ -157,10 +157,9 @@ def input_size(cfg: TrainConfig, index: Any, task: Task, log: MetricsLog) -> int
         return cfg.img_size
     if task.name != "detect":
         raise BoxforgeError("--img-size auto is chosen from box sizes, for detectors; give classifiers a number")
-    from boxforge.models.anchors import relative_box_shapes
-    from boxforge.models.input_size import choose_img_size
+    from boxforge.models.input_size import auto_img_size
 
-    size, reason = choose_img_size(relative_box_shapes(index))
+    size, reason = auto_img_size(index)
     log.print(f"--img-size auto: {size} px ({reason})")
     return size
 
