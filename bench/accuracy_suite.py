@@ -59,7 +59,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from suite_archive import archive_job, archive_path, refile  # noqa: E402
-from suite_report import report  # noqa: E402
+from common import RESULTS  # noqa: E402
+from suite_report import markdown, report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -341,11 +342,15 @@ def main() -> None:
     f.add_argument("--why", required=True)
     rep = sub.add_parser("report")
     rep.add_argument("--repeats", type=int, default=200)
+    rep.add_argument("--markdown", action="store_true",
+                     help="print the README's tables from bench/results/accuracy_suite.json, scoring nothing")
     args = ap.parse_args()
     if args.command == "prepare":
         prepare()
     elif args.command == "_peer":
         peer(args.set, args.yaml, args.minutes, args.seed, args.out)
+    elif args.command == "report" and args.markdown:
+        print(markdown(json.loads((RESULTS / "accuracy_suite.json").read_text())), end="")
     elif args.command == "report":
         report(args.repeats, WORK, sets(), PEERS, levers={lever: base for lever, (base, _) in LEVERS.items()})
     elif args.command == "refile":

@@ -51,6 +51,7 @@ def _runner(rs: list[dict[str, Any]], smallest: str | None) -> dict[str, Any]:
     m = {k: [r["metrics"][k] for r in rs] for k in METRICS}
     # pycocotools' -1: no ground truth in that area range (raccoon has no small objects): not a score
     entry: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "img_per_s": [r.get("img_per_s") for r in rs],
+                             "img_size": [r.get("img_size") for r in rs],
                              **{k: ({"mean": float(np.mean(v)), "min": float(min(v)), "max": float(max(v))}
                                     if min(v) >= 0 else None) for k, v in m.items()}}
     small = [r["metrics"]["per_class_coco_ap"].get(smallest) for r in rs]
@@ -68,16 +69,21 @@ def _row(set_name: str, who: str, run: dict[str, Any], smallest: str | None) -> 
             f"APs {aps}" + (f"  {smallest} AP {small_ap:.3f}" if small_ap is not None else "") + kept)
 
 
-def _compare(index: Any, jobs_found: dict, set_name: str, ours: str, theirs: str, by_who: dict[str, list[dict]],
-             repeats: int) -> dict[str, Any]:
-    """Paired bootstrap over test images of `ours` against `theirs`: per resample, each side's metric is the
-    mean over its seeds; P(better) is the share of resamples in which ours is higher."""
+def _bootstrap(index: Any, jobs_found: dict, set_name: str, runs: list[dict], repeats: int) -> dict[str, Any]:
+    """Every listed job's metrics over the same `repeats` resamples of the test images, each job scored once
+    (a runner in several comparisons is not scored again: paired_bootstrap's resamples depend only on the seed
+    and the number of images, so one call over all of them gives each pair what two calls would)."""
     from boxforge.evaluation.predictions import predictions_from_doc
 
     preds = {f"{r['who']}-s{r['seed']}": predictions_from_doc(jobs_found[(set_name, r["who"], r["seed"])][1], index,
                                                               source=f"{set_name} {r['who']} s{r['seed']}")
-             for r in by_who[ours] + by_who[theirs]}
-    boot = paired_bootstrap(index, preds, repeats)
+             for r in runs}
+    return paired_bootstrap(index, preds, repeats) if preds else {}
+
+
+def _compare(boot: dict[str, Any], ours: str, theirs: str, by_who: dict[str, list[dict]]) -> dict[str, Any]:
+    """`ours` against `theirs` on the resamples of `boot`: per resample, each side's metric is the mean over its
+    seeds; P(better) is the share of resamples in which ours is higher."""
     side = {w: {k: np.mean([boot[f"{w}-s{r['seed']}"][k] for r in by_who[w]], axis=0) for k in ("coco_ap", "voc12")}
             for w in (ours, theirs)}
     return {"paired_p_better": {k: float((side[ours][k] > side[theirs][k]).mean()) for k in side[ours]},
@@ -102,14 +108,14 @@ def _set_entry(set_name: str, index: Any, jobs_found: dict, by_who: dict[str, li
         rows.append(_row(set_name, who, run, smallest))
     present = [w for w in entry["runs"] if w in peers]
     strongest = max(present, key=lambda w: entry["runs"][w]["coco_ap"]["mean"]) if present else None
-    for ours, theirs, key in comparisons:
-        theirs = strongest if theirs == "strongest peer" else theirs
-        if theirs is None or ours not in entry["runs"] or theirs not in entry["runs"]:
-            continue
+    pairs = [(ours, strongest if theirs == "strongest peer" else theirs, key) for ours, theirs, key in comparisons]
+    pairs = [(o, t, k) for o, t, k in pairs if t is not None and o in entry["runs"] and t in entry["runs"]]
+    paired = sorted({w for o, t, _ in pairs if o in by_who and t in by_who for w in (o, t)})
+    boot = _bootstrap(index, jobs_found, set_name, [r for w in paired for r in by_who[w]], repeats)
+    for ours, theirs, key in pairs:
         fresh = {w: w in by_who for w in (ours, theirs)}
         if all(fresh.values()):
-            entry[key] = {"ours": ours, "peer": theirs,
-                          **_compare(index, jobs_found, set_name, ours, theirs, by_who, repeats)}
+            entry[key] = {"ours": ours, "peer": theirs, **_compare(boot, ours, theirs, by_who)}
         elif any(fresh.values()):
             missing = next(w for w, f in fresh.items() if not f)
             entry[key] = {"ours": ours, "peer": theirs, "not_paired": f"{missing}'s predictions are not archived"}
@@ -166,3 +172,37 @@ def report(repeats: int, work: Path, sets: dict[str, tuple[Path, str, str]], pee
         print(f"  {a:<48} {b}")
     print(f"  (written to {path})")
     return doc
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The README's tables from a report: every runner of every set (mean [min, max] over seeds), then every
+    comparison. A figure kept from an older report says so; an input size not recorded is '?'."""
+    def fmt(m: dict[str, float] | None, spread: bool = False) -> str:
+        if not m:
+            return "n/a"
+        return f"{m['mean']:.3f}" + (f" [{m['min']:.3f}, {m['max']:.3f}]" if spread and m["min"] != m["max"] else "")
+
+    runs = ["| set | runner | seeds | COCO AP mean [min, max] | VOC12 | APs | smallest class AP | img/s | input px |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    pairs = ["| set | ours vs theirs | P(better) COCO AP / VOC12 | mean difference COCO AP / VOC12 |",
+             "|---|---|---|---|"]
+    for set_name, entry in doc["sets"].items():
+        for who, r in entry.get("runs", {}).items():
+            small = r.get("smallest_class_coco_ap")
+            kept = " (older report)" if r.get("from_report_of") else ""
+            sizes = ", ".join("?" if x is None else str(x) for x in r.get("img_size", [None] * len(r["seeds"])))
+            runs.append(f"| {set_name} | {who}{kept} | {', '.join(map(str, r['seeds']))} | {fmt(r['coco_ap'], True)} "
+                        f"| {fmt(r['voc12'])} | {fmt(r.get('coco_aps'))} | "
+                        f"{'' if small is None else f'{small:.3f}'} | "
+                        f"{', '.join(str(x) for x in r['img_per_s'])} | {sizes} |")
+        for key, c in entry.items():
+            if not isinstance(c, dict) or "peer" not in c:
+                continue
+            if "not_paired" in c:
+                pairs.append(f"| {set_name} | {c['ours']} vs {c['peer']} | not paired | {c['not_paired']} |")
+                continue
+            p, d = c["paired_p_better"], c["mean_difference"]
+            kept = " (older report)" if c.get("from_report_of") else ""
+            pairs.append(f"| {set_name} | {c['ours']} vs {c['peer']}{kept} | {p['coco_ap']:.2f} / {p['voc12']:.2f} "
+                         f"| {d['coco_ap']:+.3f} / {d['voc12']:+.3f} |")
+    return "\n".join(runs) + "\n\n" + "\n".join(pairs) + "\n"

@@ -98,3 +98,15 @@ def test_a_lever_is_compared_with_the_runner_it_varies(data: Path, tmp_path: Pat
     assert lever["paired_p_better"]["coco_ap"] == 1.0 and lever["mean_difference"]["coco_ap"] > 0.3
     assert "boxforge_unrun_vs_boxforge" not in entry  # a lever with no job makes no row
     assert entry["runs"]["boxforge_pretrained_auto"]["coco_ap"]["mean"] == 0.9
+
+
+def test_markdown_tables_follow_the_report(data: Path, tmp_path: Path) -> None:
+    jobs = dict([_job("boxforge", 0, 0.0, 0.8), _job("boxforge", 1, 1.0, 0.7), _job("yolo26n", 0, 8.0, 0.2)])
+    jobs[("s", "boxforge", 0)][0]["img_size"] = 352
+    doc = suite_report.report(5, tmp_path, {"s": (data, "train", "test")}, ("yolov8n", "yolo26n"),
+                              path=tmp_path / "accuracy_suite.json", jobs=lambda work: jobs)
+    doc["sets"]["s"]["runs"]["old"] = {**_kept_run(0.3), "from_report_of": "2026-01-01T00:00:00Z"}
+    lines = suite_report.markdown(doc).splitlines()
+    assert "| s | boxforge | 0, 1 | 0.750 [0.700, 0.800] | 0.750 | n/a |  | 10.0, 10.0 | 352, ? |" in lines
+    assert "| s | old (older report) | 0 | 0.300 | 0.300 | n/a |  | 5.0 | ? |" in lines
+    assert any(line.startswith("| s | boxforge vs yolo26n | 1.00 / 1.00 | +") for line in lines)
